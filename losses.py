@@ -1,0 +1,99 @@
+"""Training loss: L1 + (1 - MS-SSIM) reconstruction, latent temporal smoothness, classification."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pytorch_msssim import ms_ssim, ssim
+
+# pytorch_msssim asserts min(H, W) > (win_size - 1) * 16 for MS-SSIM whatever the number of
+# scales, so its default 11-px window needs more than 160 px. We take the largest odd window up to
+# 11 that passes (7 px at 128, 3 px at 64, 11 px from 176 up) with the standard 5 scales and
+# weights. Below 33 px no window passes and the loss falls back to single-scale SSIM with a window
+# of at most 7 px (the tiny configurations of the tests).
+MAX_WIN_SIZE = 11
+MS_SSIM_SCALES_DOWNSAMPLING = 16
+
+
+def ssim_window(image_side: int) -> tuple[int, bool]:
+    """(window size, multi-scale?) that pytorch_msssim accepts for square-ish frames of this side."""
+    win = MAX_WIN_SIZE
+    while win >= 3:
+        if image_side > (win - 1) * MS_SSIM_SCALES_DOWNSAMPLING:
+            return win, True
+        win -= 2
+    win = min(7, image_side if image_side % 2 == 1 else image_side - 1)
+    if win < 3:
+        raise ValueError(f"frames of {image_side} px are too small for SSIM; use at least 8 px")
+    return win, False
+
+
+def ms_ssim_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean MS-SSIM over frames of (B, T, C, H, W) videos, in fp32 with data_range 1.
+
+    Each frame is its own 2-D image: frames are laid along the channel axis as (1, B*T*C, H, W),
+    which gives the same mean as (B*T*C, 1, H, W) with one grouped convolution (much faster on the
+    CPU). A 5-D input would silently become 3-D SSIM over time.
+    """
+    with torch.autocast(device_type=reconstruction.device.type, enabled=False):
+        x = reconstruction.float().reshape(1, -1, *reconstruction.shape[-2:])  # (1, B*T*C, H, W)
+        y = target.float().reshape(1, -1, *target.shape[-2:])
+        win, multiscale = ssim_window(min(x.shape[-2:]))
+        if multiscale:
+            score = ms_ssim(x, y, data_range=1.0, size_average=True, win_size=win)
+        else:
+            score = ssim(x, y, data_range=1.0, size_average=True, win_size=win)
+        return 1.0 - score
+
+
+def smoothness_loss(z_seq: torch.Tensor) -> torch.Tensor:
+    """Mean squared step between consecutive latents of z_seq (B, T, C, h, w); 0 for T = 1."""
+    z = z_seq.float()
+    if z.shape[1] < 2:
+        return z.sum() * 0.0
+    return (z[:, 1:] - z[:, :-1]).pow(2).mean()
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy over labelled clips only (label -1 = unknown); 0 when none is labelled.
+
+    The result stays attached to logits even when it is 0, so DDP sees a gradient for every
+    classifier parameter at every step.
+    """
+    logits = logits.float()
+    if labels is None:
+        return logits.sum() * 0.0
+    labels = labels.to(logits.device).long()
+    known = labels >= 0
+    per_clip = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")  # (B,)
+    return (per_clip * known).sum() / known.sum().clamp(min=1)
+
+
+class AutoencoderLoss(nn.Module):
+    """total = l1_weight*L1 + ms_ssim_weight*(1 - MS-SSIM) + smooth_weight*smooth + cls_weight*CE.
+
+    Returns every part unweighted (plus `reconstruction` and `total`) as scalar fp32 tensors.
+    """
+
+    def __init__(self, l1_weight: float = 0.5, ms_ssim_weight: float = 0.5, smooth_weight: float = 0.1,
+                 cls_weight: float = 0.0):
+        super().__init__()
+        self.l1_weight = l1_weight
+        self.ms_ssim_weight = ms_ssim_weight
+        self.smooth_weight = smooth_weight
+        self.cls_weight = cls_weight
+
+    def forward(self, output: dict[str, torch.Tensor], target: torch.Tensor,
+                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        reconstruction = output["reconstruction"].float()  # (B, T, C, H, W)
+        target = target.float()  # (B, T, C, H, W)
+        l1 = F.l1_loss(reconstruction, target)
+        ms_ssim_part = ms_ssim_loss(reconstruction, target)
+        smooth = smoothness_loss(output["z_seq"])
+        if "logits" in output:
+            classification = classification_loss(output["logits"], labels)
+        else:
+            classification = torch.zeros((), device=target.device)
+        recon = self.l1_weight * l1 + self.ms_ssim_weight * ms_ssim_part
+        total = recon + self.smooth_weight * smooth + self.cls_weight * classification
+        return {"total": total, "reconstruction": recon, "l1": l1, "ms_ssim": ms_ssim_part,
+                "smooth": smooth, "classification": classification}

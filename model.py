@@ -1,0 +1,233 @@
+"""ConvLSTM autoencoder for embryo time-lapse clips: config, encoder, decoder, classifier, loading."""
+
+import argparse
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+
+from conv_lstm import ConvLSTM, State
+
+
+@dataclass
+class ModelConfig:
+    """Model hyper-parameters; the defaults are the high-quality configuration of DESIGN.md."""
+
+    image_size: int = 128
+    in_channels: int = 1
+    cnn_channels: tuple[int, int, int] = (64, 128, 256)  # three stride-2 stages: H -> H/8
+    encoder_hidden_dim: int = 256
+    encoder_layers: int = 2
+    decoder_hidden_dim: int = 128
+    decoder_layers: int = 2
+    kernel_size: int = 3
+    use_classifier: bool = True
+    num_classes: int = 2
+    classifier_hidden: tuple[int, int] = (512, 256)
+    peephole: bool = False
+
+    def __post_init__(self):
+        self.cnn_channels = tuple(self.cnn_channels)
+        self.classifier_hidden = tuple(self.classifier_hidden)
+        if self.image_size <= 0 or self.image_size % 8 != 0:
+            raise ValueError(f"image_size must be a positive multiple of 8 (three stride-2 stages), "
+                             f"got {self.image_size}")
+        if len(self.cnn_channels) != 3:
+            raise ValueError(f"cnn_channels needs three stages, got {self.cnn_channels}")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+
+
+def _conv_stage(in_ch: int, out_ch: int) -> nn.Sequential:
+    """Stride-2 convolution halving the frame: conv, GroupNorm, ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1, bias=False),
+        nn.GroupNorm(min(8, out_ch), out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _deconv_stage(in_ch: int, out_ch: int) -> nn.Sequential:
+    """Stride-2 transposed convolution doubling the frame: deconv, GroupNorm, ReLU."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1, bias=False),
+        nn.GroupNorm(min(8, out_ch), out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+class FrameEncoder(nn.Module):
+    """2-D CNN applied to every frame: (N, C, H, W) -> (N, cnn_channels[-1], H/8, W/8)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c1, c2, c3 = config.cnn_channels
+        self.layers = nn.Sequential(_conv_stage(config.in_channels, c1), _conv_stage(c1, c2), _conv_stage(c2, c3))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.layers(frames)  # (N, C, H, W) -> (N, c3, H/8, W/8)
+
+
+class FrameDecoder(nn.Module):
+    """Transposed CNN: (N, decoder_hidden_dim, H/8, W/8) -> (N, in_channels, H, W) in [0, 1]."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden = config.decoder_hidden_dim
+        half, quarter = max(hidden // 2, 1), max(hidden // 4, 1)  # 128 -> 64 -> 32 -> in_channels
+        self.layers = nn.Sequential(
+            _deconv_stage(hidden, half),
+            _deconv_stage(half, quarter),
+            nn.ConvTranspose2d(quarter, config.in_channels, 4, stride=2, padding=1),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.layers(features))  # (N, hid, h, w) -> (N, C, 8h, 8w)
+
+
+class Classifier(nn.Module):
+    """Empty well vs embryo from z_last: global average pool, then an MLP (no BatchNorm: works at B=1)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        h1, h2 = config.classifier_hidden
+        self.mlp = nn.Sequential(
+            nn.Linear(config.encoder_hidden_dim, h1), nn.ReLU(inplace=True),
+            nn.Linear(h1, h2), nn.ReLU(inplace=True),
+            nn.Linear(h2, config.num_classes),
+        )
+
+    def forward(self, z_last: torch.Tensor) -> torch.Tensor:
+        pooled = z_last.float().mean(dim=(2, 3))  # (B, hid)
+        return self.mlp(pooled)  # (B, num_classes)
+
+
+class ConvLSTMAutoencoder(nn.Module):
+    """Frames -> CNN -> ConvLSTM encoder (z_seq, z_last) -> ConvLSTM decoder -> frames."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.frame_encoder = FrameEncoder(config)
+        self.encoder = ConvLSTM(config.cnn_channels[-1], config.encoder_hidden_dim, config.kernel_size,
+                                config.encoder_layers, config.peephole)
+        self.decoder = ConvLSTM(config.encoder_hidden_dim, config.decoder_hidden_dim, config.kernel_size,
+                                config.decoder_layers, config.peephole)
+        self.frame_decoder = FrameDecoder(config)
+        self.classifier = Classifier(config) if config.use_classifier else None
+
+    def encode(self, x: torch.Tensor, state: list[State] | None = None) -> tuple[torch.Tensor, list[State]]:
+        """Latent sequence of a clip; pass the returned state back in to continue a long video."""
+        if x.ndim != 5 or x.shape[2] != self.config.in_channels:
+            raise ValueError(f"expected input (B, T, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+        b, t = x.shape[:2]
+        features = self.frame_encoder(x.flatten(0, 1))  # (B*T, c3, H/8, W/8)
+        features = features.unflatten(0, (b, t))  # (B, T, c3, H/8, W/8)
+        return self.encoder(features, state)  # z_seq (B, T, enc_hid, H/8, W/8), state
+
+    def decode(self, z_seq: torch.Tensor) -> torch.Tensor:
+        """Reconstruct the frames of z_seq (B, T, enc_hid, h, w) -> (B, T, C, 8h, 8w)."""
+        b, t = z_seq.shape[:2]
+        hidden_seq, _ = self.decoder(z_seq)  # (B, T, dec_hid, h, w)
+        frames = self.frame_decoder(hidden_seq.flatten(0, 1))  # (B*T, C, H, W)
+        return frames.unflatten(0, (b, t)).float()  # (B, T, C, H, W)
+
+    def classify(self, z_last: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, num_classes) from z_last (B, enc_hid, h, w)."""
+        if self.classifier is None:
+            raise RuntimeError("this model was built with use_classifier=False")
+        return self.classifier(z_last)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z_seq, _ = self.encode(x)  # (B, T, enc_hid, H/8, W/8)
+        output = {"reconstruction": self.decode(z_seq), "z_seq": z_seq, "z_last": z_seq[:, -1]}
+        if self.classifier is not None:
+            output["logits"] = self.classifier(output["z_last"])  # (B, num_classes)
+        return output
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Model-size flags shared by train.py, verify_data_connection.py and bench.py."""
+    default = ModelConfig()
+    group = parser.add_argument_group("model")
+    group.add_argument("--image_size", type=int, default=default.image_size,
+                       help=f"frame size in pixels, a multiple of 8 (default: {default.image_size})")
+    group.add_argument("--encoder_hidden_dim", type=int, default=default.encoder_hidden_dim,
+                       help=f"channels of the encoder ConvLSTM, i.e. of z_seq (default: {default.encoder_hidden_dim})")
+    group.add_argument("--encoder_layers", type=int, default=default.encoder_layers,
+                       help=f"encoder ConvLSTM layers (default: {default.encoder_layers})")
+    group.add_argument("--decoder_hidden_dim", type=int, default=default.decoder_hidden_dim,
+                       help=f"channels of the decoder ConvLSTM (default: {default.decoder_hidden_dim})")
+    group.add_argument("--decoder_layers", type=int, default=default.decoder_layers,
+                       help=f"decoder ConvLSTM layers (default: {default.decoder_layers})")
+    group.add_argument("--kernel_size", type=int, default=default.kernel_size,
+                       help=f"odd ConvLSTM kernel size (default: {default.kernel_size})")
+    group.add_argument("--peephole", action="store_true",
+                       help="add peephole connections to the ConvLSTM cells (default: off)")
+    group.add_argument("--use_classifier", action="store_true",
+                       help="add the empty-well/embryo classifier head on z_last (default: off)")
+    group.add_argument("--num_classes", type=int, default=default.num_classes,
+                       help=f"classifier classes (default: {default.num_classes})")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ModelConfig:
+    """ModelConfig from the flags of add_model_args; the CNN widths scale with the encoder width."""
+    width = args.encoder_hidden_dim
+    return ModelConfig(
+        image_size=args.image_size,
+        cnn_channels=(max(width // 4, 1), max(width // 2, 1), width),
+        encoder_hidden_dim=width,
+        encoder_layers=args.encoder_layers,
+        decoder_hidden_dim=args.decoder_hidden_dim,
+        decoder_layers=args.decoder_layers,
+        kernel_size=args.kernel_size,
+        use_classifier=args.use_classifier,
+        num_classes=args.num_classes,
+        peephole=args.peephole,
+    )
+
+
+def model_from_checkpoint(checkpoint: dict) -> "ConvLSTMAutoencoder":
+    """Rebuild a model from a checkpoint dict's stored config and weights."""
+    known = {f.name for f in fields(ModelConfig)}
+    config = ModelConfig(**{k: v for k, v in checkpoint["model_config"].items() if k in known})
+    model = ConvLSTMAutoencoder(config)
+    model.load_state_dict(checkpoint["model_state_dict"])
+    return model
+
+
+def load_model(path: str, map_location: str | torch.device = "cpu") -> tuple[ConvLSTMAutoencoder, dict]:
+    """Load a checkpoint file (weights_only) and return (model in eval mode, checkpoint dict)."""
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    return model_from_checkpoint(checkpoint).to(map_location).eval(), checkpoint
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 matmul (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for --amp auto|bf16|fp16|off; None means plain fp32."""
+    if amp == "off":
+        return None
+    if amp == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    if amp == "fp16" and device.type == "cpu":
+        raise ValueError("--amp fp16 needs a CUDA GPU; use bf16 or off on the CPU")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]

@@ -1,0 +1,100 @@
+"""Loss values on known inputs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ms_ssim
+
+from losses import AutoencoderLoss, ssim_window
+
+
+def output_for(reconstruction, z_seq=None, logits=None):
+    b, t = reconstruction.shape[:2]
+    output = {"reconstruction": reconstruction, "z_seq": z_seq if z_seq is not None else torch.zeros(b, t, 2, 2, 2)}
+    if logits is not None:
+        output["logits"] = logits
+    return output
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_identical_frames_give_zero_reconstruction_loss(size):
+    x = torch.rand(2, 3, 1, size, size)
+    losses = AutoencoderLoss()(output_for(x.clone()), x)
+    assert losses["l1"].item() == 0
+    assert losses["ms_ssim"].item() == pytest.approx(0, abs=1e-5)
+    assert losses["reconstruction"].item() == pytest.approx(0, abs=1e-5)
+
+
+def test_l1_matches_hand_computation():
+    target = torch.zeros(1, 2, 1, 64, 64)
+    reconstruction = torch.zeros_like(target)
+    reconstruction[0, 0] = 0.5  # half the frames off by 0.5 -> mean 0.25
+    losses = AutoencoderLoss()(output_for(reconstruction), target)
+    assert losses["l1"].item() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("size,window", [(128, 7), (64, 3)])
+def test_ms_ssim_equals_direct_per_frame_call(size, window):
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 1, size, size)
+    reconstruction = (target + 0.1 * torch.randn_like(target)).clamp(0, 1)
+    losses = AutoencoderLoss()(output_for(reconstruction), target)
+    direct = ms_ssim(reconstruction.flatten(0, 1), target.flatten(0, 1), data_range=1.0, win_size=window)
+    assert ssim_window(size) == (window, True)
+    assert losses["ms_ssim"].item() == pytest.approx(1 - direct.item(), abs=1e-5)
+
+
+def test_weights_combine_the_parts():
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 1, 64, 64)
+    reconstruction = torch.rand_like(target)
+    z_seq = torch.randn(2, 3, 4, 8, 8)
+    logits = torch.randn(2, 2)
+    labels = torch.tensor([0, 1])
+    loss_fn = AutoencoderLoss(l1_weight=0.3, ms_ssim_weight=0.7, smooth_weight=0.2, cls_weight=0.5)
+    parts = loss_fn(output_for(reconstruction, z_seq, logits), target, labels)
+    assert parts["smooth"].item() == pytest.approx((z_seq[:, 1:] - z_seq[:, :-1]).pow(2).mean().item())
+    assert parts["classification"].item() == pytest.approx(F.cross_entropy(logits, labels).item())
+    expected_recon = 0.3 * parts["l1"] + 0.7 * parts["ms_ssim"]
+    assert parts["reconstruction"].item() == pytest.approx(expected_recon.item())
+    expected_total = expected_recon + 0.2 * parts["smooth"] + 0.5 * parts["classification"]
+    assert parts["total"].item() == pytest.approx(expected_total.item())
+
+
+def test_unknown_labels_add_no_classification_loss():
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.5]], requires_grad=True)
+    target = torch.rand(2, 2, 1, 32, 32)
+    loss_fn = AutoencoderLoss(cls_weight=1.0)
+    both = loss_fn(output_for(target, logits=logits), target, torch.tensor([1, -1]))
+    assert both["classification"].item() == pytest.approx(F.cross_entropy(logits[:1], torch.tensor([1])).item())
+    none_known = loss_fn(output_for(target, logits=logits), target, torch.tensor([-1, -1]))
+    assert none_known["classification"].item() == 0
+    none_known["total"].backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_constant_images_are_finite():
+    target = torch.full((1, 2, 1, 64, 64), 0.5)
+    for reconstruction in (torch.zeros_like(target), torch.full_like(target, 0.5)):
+        reconstruction.requires_grad_(True)
+        losses = AutoencoderLoss()(output_for(reconstruction), target)
+        losses["total"].backward()
+        assert all(torch.isfinite(v) for v in losses.values())
+        assert torch.isfinite(reconstruction.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_finite_under_autocast(dtype):
+    torch.manual_seed(0)
+    target = torch.rand(1, 2, 1, 128, 128)
+    with torch.autocast("cpu", dtype=dtype):
+        reconstruction = torch.sigmoid(torch.randn(1, 2, 1, 128, 128).to(dtype))
+        losses = AutoencoderLoss()(output_for(reconstruction), target)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    reference = AutoencoderLoss()(output_for(reconstruction.float()), target)
+    assert losses["ms_ssim"].item() == pytest.approx(reference["ms_ssim"].item(), abs=1e-6)
+
+
+def test_too_small_frames_are_refused():
+    with pytest.raises(ValueError, match="too small"):
+        ssim_window(2)

@@ -1,0 +1,127 @@
+"""The autoencoder: shapes, ranges, gradients, chunked encoding, checkpoint round trip."""
+
+import argparse
+
+import pytest
+import torch
+
+from losses import AutoencoderLoss
+from model import ConvLSTMAutoencoder, ModelConfig, add_model_args, config_from_args, load_model, resolve_amp_dtype
+
+TINY = dict(cnn_channels=(4, 8, 8), encoder_hidden_dim=8, encoder_layers=2, decoder_hidden_dim=8,
+            decoder_layers=1, classifier_hidden=(16, 8))
+
+
+def tiny_model(image_size=32, **overrides):
+    torch.manual_seed(0)
+    return ConvLSTMAutoencoder(ModelConfig(image_size=image_size, **{**TINY, **overrides}))
+
+
+@pytest.mark.parametrize("image_size", [16, 32, 48])
+def test_output_shapes_and_ranges(image_size):
+    model = tiny_model(image_size)
+    x = torch.rand(2, 3, 1, image_size, image_size)
+    out = model(x)
+    latent = image_size // 8
+    assert out["reconstruction"].shape == x.shape
+    assert out["z_seq"].shape == (2, 3, 8, latent, latent)
+    assert out["z_last"].shape == (2, 8, latent, latent)
+    assert out["logits"].shape == (2, 2)
+    assert torch.equal(out["z_last"], out["z_seq"][:, -1])
+    assert out["reconstruction"].min() >= 0 and out["reconstruction"].max() <= 1
+
+
+def test_no_classifier_means_no_logits():
+    out = tiny_model(use_classifier=False)(torch.rand(1, 2, 1, 32, 32))
+    assert "logits" not in out
+
+
+def test_image_size_must_be_multiple_of_8():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ModelConfig(image_size=30)
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\(B, T, 1, H, W\)"):
+        tiny_model()(torch.rand(2, 1, 32, 32))
+
+
+@pytest.mark.parametrize("peephole", [False, True])
+def test_every_parameter_gets_a_finite_gradient_and_training_lowers_the_loss(peephole):
+    model = tiny_model(peephole=peephole)
+    loss_fn = AutoencoderLoss(cls_weight=1.0)
+    torch.manual_seed(1)
+    x = torch.rand(2, 4, 1, 32, 32)
+    labels = torch.tensor([0, 1])
+    losses = loss_fn(model(x), x, labels)
+    losses["total"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = losses["total"].item()
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), x, labels)["total"]
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first
+
+
+def test_classifier_trains_at_batch_size_one():
+    model = tiny_model()
+    model.train()
+    x = torch.rand(1, 2, 1, 32, 32)
+    losses = AutoencoderLoss(cls_weight=1.0)(model(x), x, torch.tensor([1]))
+    losses["classification"].backward()
+    assert model.classifier.mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_chunked_encoding_equals_one_pass():
+    model = tiny_model().eval()
+    x = torch.rand(1, 11, 1, 32, 32)
+    with torch.no_grad():
+        whole, _ = model.encode(x)
+        chunks, state = [], None
+        for start in range(0, 11, 4):
+            z, state = model.encode(x[:, start:start + 4], state)
+            chunks.append(z)
+    torch.testing.assert_close(torch.cat(chunks, dim=1), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_same_numbers():
+    x = torch.rand(1, 3, 1, 32, 32)
+    first = tiny_model()(x)["reconstruction"]
+    second = tiny_model()(x)["reconstruction"]
+    assert torch.equal(first, second)
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    from dataclasses import asdict
+    model = tiny_model(peephole=True)
+    path = tmp_path / "model.pt"
+    torch.save({"model_config": asdict(model.config), "model_state_dict": model.state_dict()}, path)
+    loaded, checkpoint = load_model(str(path))
+    assert loaded.config == model.config
+    assert not loaded.training
+    x = torch.rand(1, 2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)["reconstruction"], model.eval()(x)["reconstruction"])
+
+
+def test_flags_build_the_default_config():
+    args = add_model_args(argparse.ArgumentParser()).parse_args(["--use_classifier"])
+    assert config_from_args(args) == ModelConfig()
+    small = add_model_args(argparse.ArgumentParser()).parse_args(
+        ["--image_size", "64", "--encoder_hidden_dim", "32", "--decoder_hidden_dim", "16"])
+    config = config_from_args(small)
+    assert config.cnn_channels == (8, 16, 32) and not config.use_classifier
+
+
+def test_amp_choice():
+    cpu = torch.device("cpu")
+    assert resolve_amp_dtype("off", cpu) is None
+    assert resolve_amp_dtype("bf16", cpu) == torch.bfloat16
+    assert resolve_amp_dtype("auto", cpu) in (torch.bfloat16, None)
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_amp_dtype("fp16", cpu)
