@@ -1,0 +1,299 @@
+"""Encode index.csv rows with a trained checkpoint and write latents plus metadata for analyze_latents.py.
+
+The model is rebuilt from the checkpoint's own config; seq_len, sampling and normalisation default to the
+checkpoint's training arguments. Only the encoder runs. Latents are spatially averaged (pooled) to one
+vector of encoder_hidden_dim channels per frame.
+
+`--mode clips` writes `OUT/clips/` (N = rows of index.csv, one evaluation clip each, T = seq_len):
+- `z_last_pooled.npy` (N, C), `z_seq_pooled.npy` (N, T, C), `probs.npy` (N, num_classes) when the model
+  has a classifier; with `--save_z_seq` also the unpooled `z_last.npy` (N, C, h, w) and `z_seq.npy`
+  (N, T, C, h, w); all float32, written batch by batch into memory-mapped .npy files;
+- `metadata.csv`: clip, cell_id, label, frame_indices / hours / phase (`|`-joined), then every other
+  column of the index row (patient_id, split, ...); `info.json`: checkpoint, settings and timing.
+
+`--mode trajectory` writes `OUT/trajectories/`: every `--stride`-th frame of each whole recording, streamed
+through the encoder `--chunk_len` frames at a time with the recurrent state carried over (identical to one
+pass), one file per embryo as it goes, so memory stays bounded by one recording:
+- `<k>_<cell_id>.npz` with `z` (n, C), `frame_indices` (n,), `hours` (n,) (NaN unknown), `phase` (n,)
+  ('' unknown), and with `--save_z_seq` `z_full` (n, C, h, w);
+- `metadata.csv` (file, cell_id, label, n_frames, total_frames, stride, index columns) and `info.json`.
+Frames of a trajectory are normalised over the whole recording (training normalised each clip).
+"""
+
+import argparse
+import json
+import pickle
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from numpy.lib.format import open_memmap
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dataset_ivf import DataError, IVFSequenceDataset
+from model import ConvLSTMAutoencoder, load_model, resolve_device
+
+TRAJECTORY_DIR = "trajectories"
+CLIPS_DIR = "clips"
+METADATA_CSV = "metadata.csv"
+DATASET_DEFAULTS = {"seq_len": 20, "sampling": "uniform", "normalize": "minmax01"}
+
+
+class ExtractError(ValueError):
+    """Bad checkpoint or arguments; the message names the file and what to do."""
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Device of the model's parameters."""
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def encode_trajectory(model: ConvLSTMAutoencoder, frames: torch.Tensor, chunk_len: int,
+                      keep_full: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Encode a whole recording (n, 1, H, W) in chunks, carrying the encoder state.
+
+    Returns pooled latents (n, C) float32 on the CPU and, with keep_full, the unpooled (n, C, h, w).
+    """
+    device = model_device(model)
+    state, pooled, full = None, [], []
+    for start in range(0, frames.shape[0], chunk_len):
+        chunk = frames[start:start + chunk_len].to(device, non_blocking=True)[None]  # (1, L, 1, H, W)
+        z_seq, state = model.encode(chunk, state)  # (1, L, C, h, w)
+        pooled.append(z_seq[0].float().mean(dim=(2, 3)).cpu())  # (L, C)
+        if keep_full:
+            full.append(z_seq[0].float().cpu())  # (L, C, h, w)
+    return torch.cat(pooled), (torch.cat(full) if keep_full else None)
+
+
+def _joined(values) -> str:
+    return "|".join(str(v) for v in values)
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "embryo"
+
+
+def _metadata_row(fixed: dict, extra: dict) -> dict:
+    """Fixed columns first, then the index row's other columns (fixed names win)."""
+    return {**fixed, **{k: v for k, v in extra.items() if k not in fixed}}
+
+
+def build_dataset(args: argparse.Namespace, checkpoint: dict, image_size: int) -> IVFSequenceDataset:
+    """The evaluation dataset: flags where given, else the checkpoint's training arguments, else defaults."""
+    train_args = checkpoint.get("args") or {}
+
+    def pick(name):  # flag, else the checkpoint's training value, else the dataset default
+        value = getattr(args, name)
+        return value if value is not None else train_args.get(name, DATASET_DEFAULTS.get(name))
+
+    def existing_dir(name):
+        value = pick(name)
+        return value if value and Path(value).is_dir() else None
+
+    return IVFSequenceDataset(
+        args.index_csv, seq_len=int(pick("seq_len")), image_size=image_size,
+        split=None if args.split == "all" else args.split, sampling=pick("sampling"),
+        normalize=pick("normalize"), augment=False, cache_dir=existing_dir("cache_dir"),
+        skip_bad=args.skip_bad, annotations_dir=existing_dir("annotations_dir"), training=False,
+        val_fraction=float(train_args.get("val_fraction", 0.2)), seed=int(train_args.get("seed", 0)),
+    )
+
+
+def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: Path, args) -> dict:
+    """One evaluation clip per row -> pooled z_last / z_seq, probabilities and metadata in out/clips."""
+    folder = out / CLIPS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    n, t, c, hw = len(dataset), dataset.seq_len, config.encoder_hidden_dim, config.image_size // 8
+    arrays = {"z_last_pooled": (n, c), "z_seq_pooled": (n, t, c)}
+    if config.use_classifier:
+        arrays["probs"] = (n, config.num_classes)
+    if args.save_z_seq:
+        arrays.update(z_last=(n, c, hw, hw), z_seq=(n, t, c, hw, hw))
+    files = {name: open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float32, shape=shape)
+             for name, shape in arrays.items()}
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
+                        pin_memory=model_device(model).type == "cuda")
+    rows, start, encode_s = [], 0, 0.0
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="clips", unit="batch"):
+            x = batch["video"].to(model_device(model), non_blocking=True)  # (B, T, 1, H, W)
+            tick = time.perf_counter()
+            z_seq, _ = model.encode(x)  # (B, T, C, h, w)
+            z_seq = z_seq.float()
+            z_last = z_seq[:, -1]  # (B, C, h, w)
+            outputs = {"z_last_pooled": z_last.mean(dim=(2, 3)), "z_seq_pooled": z_seq.mean(dim=(3, 4))}
+            if config.use_classifier:
+                outputs["probs"] = torch.softmax(model.classify(z_last).float(), dim=1)  # (B, K)
+            if args.save_z_seq:
+                outputs.update(z_last=z_last, z_seq=z_seq)
+            outputs = {k: v.cpu().numpy() for k, v in outputs.items()}
+            encode_s += time.perf_counter() - tick
+            b = x.shape[0]
+            for name, value in outputs.items():
+                files[name][start:start + b] = value
+            for j in range(b):
+                fixed = {"clip": start + j, "cell_id": batch["cell_id"][j], "label": int(batch["label"][j]),
+                         "frame_indices": _joined(batch["frame_indices"][j].tolist())}
+                if "hours" in batch:
+                    fixed["hours"] = _joined(round(h, 4) for h in batch["hours"][j].tolist())
+                    fixed["phase"] = _joined(step[j] for step in batch["phase"])
+                rows.append(_metadata_row(fixed, dataset.metadata(start + j)))
+            start += b
+    for array in files.values():
+        array.flush()
+    pd.DataFrame(rows).to_csv(folder / METADATA_CSV, index=False)
+    return {"n_clips": n, "seq_len": t, "arrays": {k: list(v) for k, v in arrays.items()},
+            "frames_encoded": n * t, "encode_s": encode_s}
+
+
+def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: Path, args) -> dict:
+    """Whole recordings, every stride-th frame, one .npz per embryo in out/trajectories (written as it goes)."""
+    folder = out / TRAJECTORY_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, seen, skipped, duplicates = [], set(), [], 0
+    frames_encoded, encode_s = 0, 0.0
+    for i in tqdm(range(len(dataset)), desc="trajectories", unit="embryo"):
+        meta = dataset.metadata(i)
+        cell_id = str(meta["cell_id"])
+        if cell_id in seen:  # clip-row index.csv: several rows of one recording
+            duplicates += 1
+            continue
+        seen.add(cell_id)
+        total = dataset.num_frames(i)
+        positions = np.arange(0, total, args.stride, dtype=np.int64)
+        try:
+            frames = torch.from_numpy(dataset.load_frames(i, positions))  # (n, 1, H, W)
+        except DataError as error:
+            if not args.skip_bad:
+                raise
+            tqdm.write(f"skipping {cell_id}: {error}", file=sys.stderr)
+            skipped.append(cell_id)
+            continue
+        tick = time.perf_counter()
+        pooled, full = encode_trajectory(model, frames, args.chunk_len, keep_full=args.save_z_seq)
+        encode_s += time.perf_counter() - tick
+        frames_encoded += len(positions)
+        hours, phase = dataset.annotations(i, positions)
+        name = f"{len(rows):05d}_{_safe_name(cell_id)}.npz"
+        arrays = {"z": pooled.numpy(), "frame_indices": positions, "hours": hours.astype(np.float32),
+                  "phase": np.asarray(phase, dtype=str)}  # str, not object: loads without pickle
+        if full is not None:
+            arrays["z_full"] = full.numpy()
+        np.savez(folder / name, **arrays)
+        rows.append(_metadata_row({"file": name, "cell_id": cell_id, "label": int(meta["label"]),
+                                   "n_frames": len(positions), "total_frames": total, "stride": args.stride},
+                                  meta))
+    if not rows:
+        raise DataError(f"{args.index_csv}: no recording could be read (skipped {len(skipped)})")
+    pd.DataFrame(rows).to_csv(folder / METADATA_CSV, index=False)
+    return {"n_embryos": len(rows), "skipped": skipped, "duplicate_rows": duplicates, "stride": args.stride,
+            "chunk_len": args.chunk_len, "frames_encoded": frames_encoded, "encode_s": encode_s}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=str, required=True,
+                        help="checkpoint written by train.py (best.pt, last.pt, ...) (required; no default)")
+    parser.add_argument("--index_csv", type=str, required=True, help="index.csv of the recordings (required)")
+    parser.add_argument("--out", type=str, required=True,
+                        help="output folder; clips/ or trajectories/ inside it is (over)written (required)")
+    parser.add_argument("--mode", type=str, default="clips", choices=["clips", "trajectory"],
+                        help="clips: one evaluation clip per row; trajectory: whole recordings (default: clips)")
+    parser.add_argument("--stride", type=int, default=1,
+                        help="trajectory mode: encode every K-th frame of each recording (default: 1)")
+    parser.add_argument("--chunk_len", type=int, default=64,
+                        help="trajectory mode: frames per encoder call, state carried between calls (default: 64)")
+    parser.add_argument("--save_z_seq", action="store_true",
+                        help="also save unpooled latents (clips: z_last, z_seq; trajectory: z_full); large "
+                             "(default: off)")
+    parser.add_argument("--batch_size", type=int, default=16, help="clips mode: clips per batch (default: 16)")
+    parser.add_argument("--num_workers", type=int, default=2,
+                        help="clips mode: DataLoader worker processes (default: 2)")
+    parser.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto = CUDA when available (default: auto)")
+    parser.add_argument("--split", type=str, default="all", choices=["all", "train", "val", "test"],
+                        help="rows to encode; train/val use the checkpoint's val_fraction and seed when the "
+                             "CSV has no split column (default: all)")
+    parser.add_argument("--seq_len", type=int, default=None,
+                        help="clips mode: frames per clip (default: None = the checkpoint's, else 20)")
+    parser.add_argument("--sampling", type=str, default=None, choices=["uniform", "window"],
+                        help="clips mode: frame sampling (default: None = the checkpoint's, else uniform)")
+    parser.add_argument("--normalize", type=str, default=None, choices=["minmax01", "none", "zscore"],
+                        help="frame normalisation (default: None = the checkpoint's, else minmax01)")
+    parser.add_argument("--annotations_dir", type=str, default=None,
+                        help="folder with <embryo>_phases.csv / <embryo>_timeElapsed.csv (default: None = the "
+                             "checkpoint's when that folder exists, else none)")
+    parser.add_argument("--cache_dir", type=str, default=None,
+                        help="decoded-frame cache folder (default: None = the checkpoint's when it exists, else "
+                             "decode on every read)")
+    parser.add_argument("--skip_bad", action="store_true",
+                        help="skip unreadable recordings with a warning instead of stopping (default: off)")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for name in ("stride", "chunk_len", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ExtractError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.num_workers < 0:
+        raise ExtractError(f"--num_workers must be >= 0, got {args.num_workers}")
+    if args.seq_len is not None and args.seq_len < 1:
+        raise ExtractError(f"--seq_len must be at least 1, got {args.seq_len}")
+    if not Path(args.checkpoint).is_file():
+        raise ExtractError(f"{args.checkpoint}: checkpoint not found; pass a .pt file written by train.py")
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Extract latents as asked; returns the info dict also written to info.json."""
+    check_args(args)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        raise ExtractError(str(error)) from None
+    try:
+        model, checkpoint = load_model(args.checkpoint, map_location=device)
+    except (pickle.UnpicklingError, KeyError, RuntimeError, TypeError, ValueError, EOFError, OSError) as error:
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ExtractError(f"{args.checkpoint}: not a checkpoint of this model ({type(error).__name__}: {first_line}); "
+                           "use best.pt / last.pt written by train.py") from None
+    dataset = build_dataset(args, checkpoint, model.config.image_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tick = time.perf_counter()
+    if args.mode == "clips":
+        result = extract_clips(model, dataset, out, args)
+    else:
+        result = extract_trajectories(model, dataset, out, args)
+    seconds = time.perf_counter() - tick
+    info = {
+        "mode": args.mode, "checkpoint": str(Path(args.checkpoint).resolve()),
+        "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step"),
+        "model_config": checkpoint["model_config"], "index_csv": str(Path(args.index_csv).resolve()),
+        "dataset": {"seq_len": dataset.seq_len, "sampling": dataset.sampling, "normalize": dataset.normalize,
+                    "image_size": dataset.image_size, "split": args.split, "annotated": dataset.has_annotations},
+        "device": str(device), "seconds": seconds, **result,
+        "frames_per_s": result["frames_encoded"] / seconds if seconds > 0 else None,
+        "encode_frames_per_s": result["frames_encoded"] / result["encode_s"] if result["encode_s"] > 0 else None,
+    }
+    folder = out / (CLIPS_DIR if args.mode == "clips" else TRAJECTORY_DIR)
+    (folder / "info.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+if __name__ == "__main__":
+    cli_args = get_args_parser().parse_args()
+    try:
+        summary = main(cli_args)
+    except (ExtractError, DataError) as err:
+        print(f"extract_latents.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{summary['frames_encoded']} frames in {summary['seconds']:.1f} s "
+          f"({summary['frames_per_s']:.1f} frames/s, encoder alone {summary['encode_frames_per_s']:.1f}) -> "
+          f"{Path(cli_args.out) / (CLIPS_DIR if cli_args.mode == 'clips' else TRAJECTORY_DIR)}")

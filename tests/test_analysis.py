@@ -1,0 +1,231 @@
+"""analyze_latents.py: metric functions on hand-made inputs, and the whole CLI on a hand-made latents folder."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import analyze_latents as al
+
+
+def test_speed_of_constant_velocity_line():
+    velocity = np.array([3.0, 4.0, 0.0])  # |v| = 5
+    z = np.arange(11)[:, None] * velocity  # (11, 3): ten equal steps
+    np.testing.assert_allclose(al.speed_curve(z), np.full(10, 5.0))
+    stats = al.trajectory_stats(z)
+    assert stats["trajectory_length"] == pytest.approx(50.0)
+    assert stats["start_end_distance"] == pytest.approx(50.0)
+    assert stats["straightness"] == pytest.approx(1.0)
+    assert stats["max_speed"] == pytest.approx(5.0)
+
+
+def test_back_and_forth_has_length_but_no_displacement():
+    z = np.array([[0.0], [1.0], [2.0], [1.0], [0.0]])
+    stats = al.trajectory_stats(z)
+    assert stats["trajectory_length"] == pytest.approx(4.0)
+    assert stats["start_end_distance"] == pytest.approx(0.0)
+
+
+def test_known_outlier_is_the_only_one_flagged():
+    values = np.array([1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 10.0])
+    scores = al.robust_z(values)
+    assert abs(scores[-1]) > 3.5
+    assert np.all(np.abs(scores[:-1]) < 3.5)
+    table = pd.DataFrame({"embryo": list("abcdefg"), "x": values, "y": np.ones(7)})
+    flagged = al.flag_outliers(table, columns=("x", "y"), threshold=3.5)
+    assert flagged.loc[flagged["is_outlier"], "embryo"].tolist() == ["g"]
+
+
+def test_robust_z_with_zero_mad_still_flags_the_odd_one():
+    scores = al.robust_z(np.array([2.0, 2.0, 2.0, 2.0, 9.0]))
+    assert scores[-1] > 3.5 and np.all(scores[:-1] == 0)
+
+
+def test_known_auc_accuracy_and_confusion():
+    y = np.array([0, 0, 1, 1])
+    p1 = np.array([0.1, 0.4, 0.35, 0.8])  # 3 of 4 positive/negative pairs ordered correctly
+    metrics = al.classification_metrics(y, np.c_[1 - p1, p1])
+    assert metrics["roc_auc"] == pytest.approx(0.75)
+    assert metrics["accuracy"] == pytest.approx(0.75)  # threshold 0.5: 0.35 is the one error
+    assert metrics["balanced_accuracy"] == pytest.approx(0.75)
+    assert metrics["confusion_matrix"] == [[2, 0], [1, 1]]
+    assert metrics["roc_curve"]["fpr"][0] == 0 and metrics["roc_curve"]["tpr"][-1] == 1
+
+
+def test_single_class_has_no_auc():
+    metrics = al.classification_metrics(np.array([1, 1]), np.array([[0.2, 0.8], [0.6, 0.4]]))
+    assert metrics["roc_auc"] is None and "roc_auc_note" in metrics
+    assert metrics["accuracy"] == pytest.approx(0.5)
+
+
+def test_noisy_circle_gives_one_long_h1_bar():
+    rng = np.random.default_rng(0)
+    angle = np.linspace(0, 2 * np.pi, 80, endpoint=False)
+    z = np.c_[np.cos(angle), np.sin(angle), np.zeros(80)] + rng.normal(scale=0.05, size=(80, 3))
+    h0, h1 = al.persistence_diagrams(z)
+    lifetimes = np.sort(h1[:, 1] - h1[:, 0])[::-1]
+    assert lifetimes[0] > 1.0  # the loop: born at ~spacing, dies near radius sqrt(3)
+    assert len(lifetimes) == 1 or lifetimes[1] < 0.2 * lifetimes[0]
+    assert np.isinf(h0[:, 1]).sum() == 1  # one connected component never dies
+    radii = np.linspace(0, 2, 201)
+    betti1 = al.betti_curve(h1, radii)
+    assert betti1[np.searchsorted(radii, 1.0)] == 1
+    assert betti1[-1] == 0
+
+
+def test_subsampled_persistence_still_finds_the_loop():
+    angle = np.linspace(0, 2 * np.pi, 300, endpoint=False)
+    _, h1 = al.persistence_diagrams(np.c_[np.cos(angle), np.sin(angle)], max_points=50)
+    assert (h1[:, 1] - h1[:, 0]).max() > 1.0
+
+
+def test_total_persistence_entropy_and_betti_on_a_known_diagram():
+    diagram = np.array([[0.0, 1.0], [0.5, 1.5], [0.0, np.inf]])
+    assert al.total_persistence(diagram) == pytest.approx(2.0)
+    assert al.persistence_entropy(diagram) == pytest.approx(np.log(2))
+    np.testing.assert_array_equal(al.betti_curve(diagram, np.array([0.0, 0.75, 1.25, 2.0])), [2, 3, 2, 1])
+    assert al.persistence_entropy(np.zeros((0, 2))) == 0.0
+
+
+def test_grouped_cv_logistic_separates_separable_classes():
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 20)
+    x = rng.normal(size=(40, 5)) + 4.0 * y[:, None]
+    groups = np.array([f"P{i // 4}" for i in range(40)])  # 10 patients of 4 embryos each
+    probs, folds = al.grouped_cv_probabilities(x, y, groups, n_splits=5, seed=0)
+    assert folds == 5 and probs.shape == (40, 2)
+    assert al.classification_metrics(y, probs)["roc_auc"] > 0.95
+
+
+def test_phase_probe_beats_the_majority_baseline():
+    rng = np.random.default_rng(2)
+    phases = np.tile(np.repeat(["t2", "t4", "tB"], [10, 10, 20]), 6)  # 6 embryos x 40 frames
+    centers = {"t2": 0.0, "t4": 3.0, "tB": 6.0}
+    x = np.array([centers[p] for p in phases])[:, None] + rng.normal(scale=0.5, size=(240, 4))
+    groups = np.repeat([f"E{i}" for i in range(6)], 40)
+    result = al.phase_probe(x, phases, groups, n_splits=3)
+    assert result["majority_baseline_accuracy"] == pytest.approx(0.5)
+    assert result["accuracy"] > 0.9
+    assert result["classes"] == ["t2", "t4", "tB"] and result["folds"] == 3
+
+
+def test_patient_groups_fall_back_to_embryo_id_prefix():
+    meta = pd.DataFrame({"cell_id": ["AA83-7", "AA83-2", "BX10-1", "solo"]})
+    assert al.patient_groups(meta).tolist() == ["AA83", "AA83", "BX10", "solo"]
+    meta["patient_id"] = ["p1", "", "p2", "p3"]
+    assert al.patient_groups(meta).tolist() == ["p1", "AA83", "p2", "p3"]
+
+
+def test_tphate_embedding_of_a_spiral():
+    t = np.linspace(0, 4 * np.pi, 60)
+    z = np.c_[t * np.cos(t), t * np.sin(t), t, np.zeros(60)]
+    embedding, method = al.tphate_embedding(z, pca_dims=3, seed=0)
+    assert method == "tphate" and embedding.shape == (60, 2) and np.isfinite(embedding).all()
+    assert embedding.std(axis=0).min() > 0
+    short, method = al.tphate_embedding(z[:6])
+    assert method == "pca" and short.shape == (6, 2)
+    still, method = al.tphate_embedding(np.ones((20, 4)))
+    assert method == "constant" and np.all(still == 0)
+
+
+def _write_latents(root, n_embryos=8, n_frames=30, channels=6, with_probs=True):
+    """A latents folder in extract_latents.py's layout: drifting trajectories, embryo 0 moving 20x faster."""
+    rng = np.random.default_rng(3)
+    traj_dir, clip_dir = root / "trajectories", root / "clips"
+    traj_dir.mkdir(parents=True)
+    clip_dir.mkdir()
+    phases = np.array(["tPB2"] * 10 + ["t2"] * 10 + ["tB"] * 10)
+    rows, clip_rows, z_last, z_seq = [], [], [], []
+    for e in range(n_embryos):
+        label = int(e % 4 != 0)
+        direction = rng.normal(size=channels)
+        step = direction / np.linalg.norm(direction) * (20.0 if e == 0 else 1.0)
+        z = np.cumsum(np.tile(step, (n_frames, 1)) + 0.2 * rng.normal(size=(n_frames, channels)), axis=0)
+        z += 3.0 * label
+        name = f"{e:05d}_P{e // 2}-{e % 2 + 1}"
+        np.savez(traj_dir / f"{name}.npz", z=z.astype(np.float32), frame_indices=np.arange(n_frames),
+                 hours=np.arange(n_frames, dtype=np.float32) * 0.5,
+                 phase=phases if label else np.full(n_frames, ""))
+        rows.append({"file": f"{name}.npz", "cell_id": f"P{e // 2}-{e % 2 + 1}", "label": label,
+                     "n_frames": n_frames, "patient_id": f"P{e // 2}"})
+        clip = z[::6][:4]
+        z_seq.append(clip)
+        z_last.append(clip[-1])
+        clip_rows.append({"clip": e, "cell_id": f"P{e // 2}-{e % 2 + 1}", "label": label,
+                          "frame_indices": "0|6|12|18", "hours": "0|3|6|9",
+                          "phase": "|".join(phases[[0, 6, 12, 18]]) if label else "", "patient_id": f"P{e // 2}",
+                          "split": "train" if e < 6 else "val"})
+    pd.DataFrame(rows).to_csv(traj_dir / "metadata.csv", index=False)
+    pd.DataFrame(clip_rows).to_csv(clip_dir / "metadata.csv", index=False)
+    np.save(clip_dir / "z_last_pooled.npy", np.stack(z_last).astype(np.float32))
+    np.save(clip_dir / "z_seq_pooled.npy", np.stack(z_seq).astype(np.float32))
+    if with_probs:
+        labels = np.array([r["label"] for r in rows])
+        p1 = np.where(labels == 1, 0.9, 0.2)
+        p1[1] = 0.1  # one embryo misclassified
+        np.save(clip_dir / "probs.npy", np.c_[1 - p1, p1].astype(np.float32))
+
+
+def test_cli_on_handmade_latents_writes_every_output(tmp_path):
+    _write_latents(tmp_path / "latents")
+    out = tmp_path / "analysis"
+    args = al.get_args_parser().parse_args(["--latents", str(tmp_path / "latents"), "--out", str(out),
+                                            "--cv_folds", "2"])
+    summary = al.main(args)
+    for name in ("summary.json", "per_embryo.csv", "outliers.csv", "speeds.csv", "tphate_embeddings.csv",
+                 "persistence_diagrams.csv", "betti_curves.csv", "population.png", "speed_curves.png",
+                 "outliers.png", "persistence.png", "roc_curve.png", "confusion_matrix.png"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "tphate").glob("*.png"))) == 8
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["trajectories"]["n_embryos"] == 8
+    assert on_disk["trajectories"]["embedding_methods"] == {"tphate": 8}
+    assert on_disk["trajectories"]["outliers"]["embryos"] == ["00000_P0-1"]  # the fast mover
+    assert len(on_disk["trajectories"]["per_embryo"]) == 8
+    cls = summary["classification"]
+    assert cls["source"].startswith("model classifier probabilities")
+    assert cls["accuracy"] == pytest.approx(7 / 8) and cls["confusion_matrix"] == [[2, 0], [1, 5]]
+    assert cls["by_split"]["train"]["n"] == 6 and cls["by_split"]["val"]["accuracy"] == pytest.approx(1.0)
+    assert "grouped by patient" in cls["latent_probe"]["source"]  # the latents' own separability, too
+    probe = summary["phase_probe"]
+    assert probe["n_frames"] == 6 * 30 and probe["n_embryos"] == 6
+    assert 0 <= probe["majority_baseline_accuracy"] <= 1 and 0 <= probe["accuracy"] <= 1
+    betti = pd.read_csv(out / "betti_curves.csv")
+    assert len(betti) == 8 * 100 and (betti["betti_0"] >= 1).all()
+
+
+def test_cli_without_probabilities_uses_grouped_logistic_regression(tmp_path):
+    _write_latents(tmp_path / "latents", with_probs=False)
+    args = al.get_args_parser().parse_args(["--latents", str(tmp_path / "latents"), "--out", str(tmp_path / "a"),
+                                            "--source", "clips", "--cv_folds", "2", "--max_embryo_plots", "0"])
+    summary = al.main(args)
+    assert summary["trajectory_source"].startswith("clips")
+    assert "grouped by patient" in summary["classification"]["source"]
+    assert summary["classification"]["roc_auc"] is not None
+    assert summary["trajectories"]["embedding_methods"] == {"pca": 8}  # 4-frame clips: too short for T-PHATE
+    assert not list((tmp_path / "a" / "tphate").glob("*.png"))
+
+
+def test_trim_start_drops_the_warm_up_frames(tmp_path):
+    _write_latents(tmp_path / "latents")
+    args = al.get_args_parser().parse_args(["--latents", str(tmp_path / "latents"), "--out", str(tmp_path / "a"),
+                                            "--trim_start", "5", "--cv_folds", "2", "--max_embryo_plots", "0"])
+    summary = al.main(args)
+    assert summary["trajectories"]["statistics_median"]["n_frames"] == 25
+    speeds = pd.read_csv(tmp_path / "a" / "speeds.csv")
+    assert speeds["frame_index"].min() == 6
+
+
+def test_phases_sort_in_developmental_order():
+    assert al.ordered_phases(["tB", "", "t2", "tPB2", "t9+", "zz"]) == ["tPB2", "t2", "t9+", "tB", "zz"]
+
+
+def test_missing_latents_folder_is_a_clear_error(tmp_path):
+    args = al.get_args_parser().parse_args(["--latents", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
+    with pytest.raises(al.AnalysisError, match="extract_latents.py"):
+        al.main(args)
+    (tmp_path / "nothing" / "trajectories").mkdir(parents=True)
+    (tmp_path / "nothing" / "trajectories" / "metadata.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(al.AnalysisError, match=r"missing columns \['file', 'cell_id', 'label'\]"):
+        al.main(args)

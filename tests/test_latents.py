@@ -1,0 +1,177 @@
+"""extract_latents.py on a tiny checkpoint trained here on synthetic wells, then analyze_latents.py on its output."""
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+import analyze_latents
+import extract_latents
+from dataset_ivf import IVFSequenceDataset
+from make_synthetic_data import make_synthetic_dataset
+from model import ConvLSTMAutoencoder, ModelConfig
+
+N_EMBRYOS, N_FRAMES, SEQ_LEN = 8, 24, 4
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def wells(tmp_path_factory) -> Path:
+    """Synthetic wells at 32 px with annotations: returns index.csv."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp("wells"), N_EMBRYOS, N_FRAMES, 32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(wells, tmp_path_factory) -> Path:
+    """A tiny model (32 px, hidden 8/8, one layer each, classifier) after a few Adam steps, saved like train.py."""
+    torch.manual_seed(0)
+    config = ModelConfig(image_size=32, cnn_channels=(4, 8, 8), encoder_hidden_dim=8, encoder_layers=1,
+                         decoder_hidden_dim=8, decoder_layers=1, classifier_hidden=(16, 8))
+    model = ConvLSTMAutoencoder(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    train_args = {"index_csv": str(wells), "seq_len": SEQ_LEN, "sampling": "uniform", "normalize": "minmax01",
+                  "annotations_dir": str(wells.parent / "annotations"), "val_fraction": 0.2, "seed": 0,
+                  "image_size": 32, "batch_size": 4}
+    data = IVFSequenceDataset(wells, seq_len=SEQ_LEN, image_size=32, split="train")
+    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True)
+    losses = {}
+    for step, batch in enumerate(loader):
+        output = model(batch["video"])  # (B, T, 1, 32, 32) in, dict out
+        recon = F.l1_loss(output["reconstruction"], batch["video"])
+        cls = F.cross_entropy(output["logits"], batch["label"])
+        optimizer.zero_grad()
+        (recon + cls).backward()
+        optimizer.step()
+        losses = {"total": (recon + cls).item(), "reconstruction": recon.item(), "classification": cls.item()}
+        if step == 2:
+            break
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
+                "scheduler_state_dict": {}, "scaler_state_dict": {}, "epoch": 1, "global_step": 3,
+                "best_val_loss": losses["total"], "losses": losses, "model_config": asdict(config),
+                "args": train_args, "rng_state": {"torch": torch.get_rng_state()}}, path)
+    return path
+
+
+def _run(args: list[str]) -> dict:
+    return extract_latents.main(extract_latents.get_args_parser().parse_args(args))
+
+
+@pytest.fixture(scope="session")
+def latents(checkpoint, wells, tmp_path_factory) -> Path:
+    """Both extraction modes into one folder (stride 2 trajectories, small chunks)."""
+    out = tmp_path_factory.mktemp("latents")
+    common = ["--checkpoint", str(checkpoint), "--index_csv", str(wells), "--out", str(out), "--device", "cpu"]
+    _run(common + ["--mode", "clips", "--batch_size", "3", "--num_workers", "0", "--save_z_seq"])
+    _run(common + ["--mode", "trajectory", "--stride", "2", "--chunk_len", "5"])
+    return out
+
+
+def test_chunked_trajectory_equals_one_pass(checkpoint):
+    model, _ = extract_latents.load_model(str(checkpoint))
+    frames = torch.rand(23, 1, 32, 32)  # (n, 1, H, W)
+    one_pass, full_one = extract_latents.encode_trajectory(model, frames, chunk_len=23, keep_full=True)
+    chunked, full_chunked = extract_latents.encode_trajectory(model, frames, chunk_len=4, keep_full=True)
+    assert one_pass.shape == (23, 8) and full_one.shape == (23, 8, 4, 4)
+    torch.testing.assert_close(chunked, one_pass, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(full_chunked, full_one, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # and both equal the pooled z_seq of a plain forward pass
+        z_seq = model(frames[None])["z_seq"][0]  # (n, C, h, w)
+    torch.testing.assert_close(one_pass, z_seq.mean(dim=(2, 3)), rtol=1e-5, atol=1e-6)
+
+
+def test_clips_outputs_shapes_and_metadata(latents, wells):
+    folder = latents / "clips"
+    meta = pd.read_csv(folder / "metadata.csv", keep_default_na=False)
+    index = pd.read_csv(wells)
+    assert len(meta) == N_EMBRYOS and meta["cell_id"].tolist() == index["embryo_id"].tolist()
+    assert meta["label"].tolist() == index["label"].tolist()
+    assert {"patient_id", "n_frames", "path", "split"} <= set(meta.columns)  # extra index columns carried
+    assert np.load(folder / "z_last_pooled.npy").shape == (N_EMBRYOS, 8)
+    z_seq = np.load(folder / "z_seq_pooled.npy")
+    assert z_seq.shape == (N_EMBRYOS, SEQ_LEN, 8)  # seq_len taken from the checkpoint's args
+    np.testing.assert_allclose(np.load(folder / "z_last_pooled.npy"), z_seq[:, -1], rtol=1e-6)
+    full = np.load(folder / "z_seq.npy")
+    assert full.shape == (N_EMBRYOS, SEQ_LEN, 8, 4, 4)
+    np.testing.assert_allclose(full.mean(axis=(3, 4)), z_seq, rtol=1e-5, atol=1e-6)
+    assert np.load(folder / "z_last.npy").shape == (N_EMBRYOS, 8, 4, 4)
+    probs = np.load(folder / "probs.npy")
+    assert probs.shape == (N_EMBRYOS, 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    first = meta.iloc[0]
+    assert len(first["frame_indices"].split("|")) == SEQ_LEN
+    assert len(first["hours"].split("|")) == SEQ_LEN
+    embryos = meta[meta["label"] == 1]
+    assert all(len(p.split("|")) == SEQ_LEN and p.split("|")[-1] for p in embryos["phase"])
+    info = json.loads((folder / "info.json").read_text())
+    assert info["mode"] == "clips" and info["frames_encoded"] == N_EMBRYOS * SEQ_LEN
+    assert info["dataset"]["annotated"] and info["model_config"]["encoder_hidden_dim"] == 8
+
+
+def test_trajectory_files_cover_every_strided_frame(latents, checkpoint, wells):
+    folder = latents / "trajectories"
+    meta = pd.read_csv(folder / "metadata.csv", keep_default_na=False)
+    assert len(meta) == N_EMBRYOS and (meta["total_frames"] == N_FRAMES).all()
+    assert (meta["n_frames"] == N_FRAMES // 2).all() and (meta["stride"] == 2).all()
+    with np.load(folder / meta["file"].iloc[0]) as data:
+        z, frame_indices, hours, phase = data["z"], data["frame_indices"], data["hours"], data["phase"]
+    assert z.shape == (N_FRAMES // 2, 8) and z.dtype == np.float32
+    np.testing.assert_array_equal(frame_indices, np.arange(0, N_FRAMES, 2))
+    assert np.all(np.diff(hours) > 0)  # from <embryo>_timeElapsed.csv
+    embryo = meta.index[meta["label"] == 1][0]
+    with np.load(folder / meta["file"].iloc[embryo]) as data:
+        assert data["phase"][-1] != "" and len(data["phase"]) == N_FRAMES // 2
+    # the file equals a fresh single-pass encoding of the same frames
+    model, _ = extract_latents.load_model(str(checkpoint))
+    dataset = IVFSequenceDataset(wells, seq_len=SEQ_LEN, image_size=32)
+    frames = torch.from_numpy(dataset.load_frames(0, np.arange(0, N_FRAMES, 2)))
+    single, _ = extract_latents.encode_trajectory(model, frames, chunk_len=len(frames))
+    np.testing.assert_allclose(z, single.numpy(), rtol=1e-5, atol=1e-6)
+    assert phase.dtype.kind == "U"
+
+
+def test_analysis_on_extracted_latents(latents, tmp_path):
+    out = tmp_path / "analysis"
+    args = analyze_latents.get_args_parser().parse_args(["--latents", str(latents), "--out", str(out),
+                                                         "--cv_folds", "2", "--max_embryo_plots", "2"])
+    summary = analyze_latents.main(args)
+    assert summary["trajectory_source"] == "trajectories"
+    assert summary["trajectories"]["n_embryos"] == N_EMBRYOS
+    assert summary["classification"]["source"].startswith("model classifier probabilities")
+    assert summary["classification"]["n"] == N_EMBRYOS
+    assert summary["phase_probe"]["n_embryos"] == int((pd.read_csv(latents / "clips" / "metadata.csv")
+                                                        ["label"] == 1).sum())
+    for name in ("population.png", "speed_curves.png", "outliers.png", "persistence.png", "roc_curve.png",
+                 "confusion_matrix.png", "summary.json"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "tphate").glob("*.png"))) == 2
+
+
+def test_file_names_match_the_analysis_reader():
+    for name in ("TRAJECTORY_DIR", "CLIPS_DIR", "METADATA_CSV"):
+        assert getattr(extract_latents, name) == getattr(analyze_latents, name)
+
+
+def test_cli_bad_checkpoint_exits_2_with_one_line(tmp_path, wells):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = subprocess.run([sys.executable, str(REPO / "extract_latents.py"), "--checkpoint", str(bad),
+                             "--index_csv", str(wells), "--out", str(tmp_path / "o"), "--device", "cpu"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and str(bad) in result.stderr
+
+
+def test_missing_checkpoint_and_bad_flags_are_clear_errors(tmp_path, wells):
+    common = ["--index_csv", str(wells), "--out", str(tmp_path / "o"), "--device", "cpu"]
+    with pytest.raises(extract_latents.ExtractError, match="checkpoint not found"):
+        _run(["--checkpoint", str(tmp_path / "missing.pt"), *common])
+    with pytest.raises(extract_latents.ExtractError, match="--stride must be at least 1"):
+        _run(["--checkpoint", str(tmp_path / "missing.pt"), "--stride", "0", *common])
