@@ -1,0 +1,158 @@
+"""train.py as a process: outputs, SIGKILL + resume == uninterrupted (bit for bit), SIGTERM -> exit 85."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+from make_synthetic_data import make_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--image_size", "32", "--encoder_hidden_dim", "8", "--encoder_layers", "1", "--decoder_hidden_dim", "8",
+        "--decoder_layers", "1", "--seq_len", "4", "--batch_size", "2", "--num_workers", "0", "--device", "cpu",
+        "--amp", "off", "--warmup_epochs", "1", "--num_epochs", "3", "--save_every", "2", "--log_every", "1"]
+# One thread: bit-exact comparisons need the same thread count in every run, and spinning
+# OpenMP threads on a shared 2-core machine make the runs needlessly slow.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+LOG_KEYS = {"epoch", "lr", "total", "reconstruction", "l1", "ms_ssim", "smooth", "classification",
+            "val_total", "val_reconstruction", "val_l1", "val_ms_ssim", "val_smooth", "val_classification",
+            "epoch_time_s", "clips_per_s"}
+CHECKPOINT_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict", "epoch",
+                   "global_step", "best_val_loss", "losses", "model_config", "args", "rng_state"}
+
+
+def command(index_csv: Path, out: Path, *extra) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), "--index_csv", str(index_csv),
+            "--save_dir", str(out / "ckpt"), "--log_dir", str(out / "logs"), *TINY, *extra]
+
+
+def run_to_end(index_csv: Path, out: Path, *extra) -> subprocess.CompletedProcess:
+    result = subprocess.run(command(index_csv, out, *extra), env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def start_and_wait_for(index_csv: Path, out: Path, relative: str, *extra) -> subprocess.Popen:
+    """Start a run in its own process group and return once out/relative exists."""
+    proc = subprocess.Popen(command(index_csv, out, *extra), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (out / relative).exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no {relative} after 240 s"
+        time.sleep(0.01)
+    return proc
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_training(out_a: Path, out_b: Path):
+    """Final weights, optimizer state and logged losses are identical, bit for bit."""
+    a, b = load(out_a / "ckpt" / "last.pt"), load(out_b / "ckpt" / "last.pt")
+    assert a["model_state_dict"].keys() == b["model_state_dict"].keys()
+    for name, tensor in a["model_state_dict"].items():
+        assert torch.equal(tensor, b["model_state_dict"][name]), name
+    for pid, state in a["optimizer_state_dict"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, b["optimizer_state_dict"]["state"][pid][key]), (pid, key)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    log_a, log_b = (json.loads((o / "logs" / "training_log.json").read_text()) for o in (out_a, out_b))
+    strip = ("epoch_time_s", "clips_per_s")
+    assert [{k: v for k, v in e.items() if k not in strip} for e in log_a] == \
+           [{k: v for k, v in e.items() if k not in strip} for e in log_b]
+
+
+@pytest.fixture(scope="module")
+def index_csv(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data"), n_embryos=8, n_frames=8, size=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def reference(index_csv, tmp_path_factory) -> Path:
+    """An uninterrupted 3-epoch run, with loader workers (the runs compared with it have none)."""
+    out = tmp_path_factory.mktemp("reference")
+    run_to_end(index_csv, out, "--num_workers", "2")
+    return out
+
+
+def test_outputs_have_the_promised_names_and_keys(reference):
+    ckpt, logs = reference / "ckpt", reference / "logs"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["best.pt", "checkpoint_epoch_2.pt", "checkpoint_epoch_3.pt",
+                                                     "last.pt"]
+    last = load(ckpt / "last.pt")
+    assert CHECKPOINT_KEYS <= set(last)
+    assert last["epoch"] == 3 and last["global_step"] == 9  # 6 train clips / batch 2 = 3 steps an epoch
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in last["model_state_dict"])
+    assert last["model_config"]["encoder_hidden_dim"] == 8 and last["args"]["seq_len"] == 4
+    assert load(ckpt / "checkpoint_epoch_2.pt")["epoch"] == 2
+    log = json.loads((logs / "training_log.json").read_text())
+    assert [e["epoch"] for e in log] == [1, 2, 3]
+    for entry in log:
+        assert LOG_KEYS <= set(entry)
+        assert all(entry[k] >= 0 for k in LOG_KEYS - {"epoch"})
+    assert last["best_val_loss"] == min(e["val_total"] for e in log)
+    image = cv2.imread(str(logs / "recon_epoch_3.png"), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (2 * 32, 4 * 32)  # input row above reconstruction row, T = 4 frames of 32 px
+    assert {p.name for p in logs.glob("recon_epoch_*.png")} == {f"recon_epoch_{n}.png" for n in (1, 2, 3)}
+    assert not list(ckpt.glob(".*.tmp")) and not list(logs.glob(".*.tmp"))
+
+
+def test_sigkill_at_a_random_point_then_resume_equals_uninterrupted(index_csv, reference, tmp_path):
+    delay = random.Random().uniform(0.0, 1.5)
+    print(f"SIGKILL {delay:.2f} s after the first last.pt")  # shown if the test fails
+    proc = start_and_wait_for(index_csv, tmp_path, "ckpt/last.pt")  # epoch 1 done
+    time.sleep(delay)
+    proc.kill()
+    proc.communicate()
+    resumed = run_to_end(index_csv, tmp_path)
+    assert "Resuming from" in resumed.stdout or proc.returncode == 0, (delay, resumed.stdout)
+    assert_same_training(reference, tmp_path)
+
+
+def test_sigterm_mid_epoch_saves_last_pt_exits_85_and_rerun_continues(index_csv, reference, tmp_path):
+    # split.csv is written once the signal handlers are in place, before the first step: the
+    # signal lands inside epoch 1, so the resume has to skip the batches already done.
+    proc = start_and_wait_for(index_csv, tmp_path, "logs/split.csv")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    took = time.monotonic() - sent
+    assert proc.returncode == 85, stderr
+    assert "SIGTERM: saved" in stdout
+    print(f"SIGTERM to exit 85: {took:.2f} s")
+    last = load(tmp_path / "ckpt" / "last.pt")  # weights_only load of the preemption checkpoint
+    assert last["epoch"] == 0 and last["partial_epoch"]["step"] >= 1
+    resumed = run_to_end(index_csv, tmp_path)
+    assert resumed.stdout.startswith("Resuming from"), resumed.stdout
+    assert_same_training(reference, tmp_path)
+
+
+def test_sigterm_to_the_whole_process_group_spares_the_loader_workers(index_csv, tmp_path):
+    # `timeout` and shells signal the whole process group; DataLoader workers leave it, so they
+    # are not killed mid-batch (which used to crash the run before it could save).
+    proc = start_and_wait_for(index_csv, tmp_path, "ckpt/last.pt", "--num_workers", "2", "--num_epochs", "50")
+    os.killpg(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 85, stderr
+    assert "SIGTERM: saved" in stdout
+    time.sleep(1)
+    leftovers = [p for p in Path("/proc").glob("[0-9]*") if str(tmp_path).encode() in read_cmdline(p)]
+    assert leftovers == [], "loader workers outlived the run"
+    assert load(tmp_path / "ckpt" / "last.pt")["epoch"] >= 1
+
+
+def read_cmdline(process: Path) -> bytes:
+    try:
+        return (process / "cmdline").read_bytes()
+    except OSError:  # the process ended meanwhile
+        return b""
