@@ -8,6 +8,7 @@ Frames are read as grayscale, centre-cropped to a square and resized to `image_s
 `cache_dir`, each source is decoded once into `<cache_dir>/<name>-<key>.npy` (uint8, or uint16 for
 16-bit sources) keyed by path, mtime, size and image_size; later reads memory-map it.
 """
+import contextlib
 import hashlib
 import logging
 import os
@@ -257,6 +258,13 @@ def normalize_frames(frames, mode, max_value):
     return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
 
 
+def resolve_cache_dir(cache_dir, index_csv):
+    """The cache folder for a --cache_dir value: 'auto' = `.ivf_cache` beside index.csv, None/'off' = no cache."""
+    if cache_dir is None or str(cache_dir).lower() in ("", "off", "none"):
+        return None
+    return Path(index_csv).parent / ".ivf_cache" if str(cache_dir) == "auto" else Path(cache_dir)
+
+
 class IVFSequenceDataset(Dataset):
     """Clips of `seq_len` frames from the rows of an index.csv.
 
@@ -281,7 +289,8 @@ class IVFSequenceDataset(Dataset):
     seeded split grouped by patient (`patient_id`, else the embryo id without `-<n>`), with
     `val_fraction` of patients in val; `split_out` writes the assignment as CSV.
     Randomness depends only on (seed, epoch, index); call `set_epoch` every epoch.
-    Sources are checked when the dataset is built: with `cache_dir` by decoding them into the
+    cache_dir: a folder, "auto" (`.ivf_cache` beside index.csv) or None/"off" (no cache).
+    Sources are checked when the dataset is built: with a cache by decoding them into the
     cache (paid once; later builds only stat the files), without it by a fast reduced-resolution
     decode of every frame. `skip_bad` drops unreadable rows with one warning each (and a count)
     instead of raising DataError; zero usable rows is still an error.
@@ -303,7 +312,7 @@ class IVFSequenceDataset(Dataset):
         self.split, self.sampling, self.normalize = split, sampling, normalize
         self.training = (split == "train") if training is None else bool(training)
         self.augment, self.seed = bool(augment), int(seed)
-        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache_dir = resolve_cache_dir(cache_dir, self.index_csv)
         self.has_annotations = annotations_dir is not None
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -447,7 +456,7 @@ class IVFSequenceDataset(Dataset):
         bad_rows = 0
         desc = "decoding into cache" if self.cache_dir else "checking sources"
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            for key, src in tqdm(self.sources.items(), desc=desc, unit="source", leave=False):
+            for key, src in tqdm(self.sources.items(), desc=desc, unit="source", leave=False, disable=None):
                 try:
                     self._prepare(src, pool)
                 except _BadFile as e:
@@ -493,11 +502,17 @@ class IVFSequenceDataset(Dataset):
             except (ValueError, OSError, EOFError):
                 pass  # damaged cache file: decode again
         arr = self._decode_all(src, pool)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.cache_dir / f".{src.cache_file.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr)
-        os.replace(tmp, src.cache_file)
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                np.save(fh, arr)
+            os.replace(tmp, src.cache_file)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise DataError(f"cannot write the frame cache in {self.cache_dir} ({e.strerror}); pass --cache_dir "
+                            f"with a writable folder, or --cache_dir off") from None
         src.n, src.max_value = arr.shape[0], float(np.iinfo(arr.dtype).max)
 
     def _cache_key(self, src):
@@ -711,9 +726,9 @@ def add_data_args(parser):
                         "zscore: per-clip z-score, +-3 std mapped to [0,1] (default: %(default)s)")
     g.add_argument("--augment", action="store_true",
                    help="random rotation, flips and brightness/contrast/gamma in training (default: off)")
-    g.add_argument("--cache_dir", type=str, default=None,
-                   help="folder for the decoded-frame cache; strongly recommended for real data "
-                        "(default: %(default)s = decode sources on every read)")
+    g.add_argument("--cache_dir", type=str, default="auto",
+                   help="folder for the decoded-frame cache (each source decoded once, then memory-mapped); "
+                        "auto = .ivf_cache beside index.csv, off = decode on every read (default: %(default)s)")
     g.add_argument("--val_fraction", type=float, default=0.2,
                    help="fraction of patients in val when index.csv has no split column (default: %(default)s)")
     g.add_argument("--skip_bad", action="store_true",

@@ -22,7 +22,7 @@ def get_args_parser():
     add_data_args(parser)
     parser.set_defaults(index_csv=None)  # None: build a synthetic set
     parser.add_argument("--batch_size", type=int, default=2, help="clips per batch (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: %(default)s)")
+    parser.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW learning rate (default: %(default)s)")
     parser.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"),
                         help="device; auto picks CUDA when available (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -59,7 +59,7 @@ def run_check(args, index_csv, model, device):
     if not torch.isfinite(losses["total"]):
         raise RuntimeError("total loss is not finite")
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
     bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]

@@ -221,6 +221,27 @@ def test_cache_second_epoch_opens_no_source(tmp_path, monkeypatch):
     assert changed[0]["video"][2].max() == 0
 
 
+def test_auto_cache_beside_index_and_off(tmp_path, monkeypatch):
+    write_folder(tmp_path / "f", gray_frames(6), ext="jpeg")
+    index = write_index(tmp_path, [{"path": "f"}])
+    counts = _count_decodes(monkeypatch)
+    IVFSequenceDataset(index, seq_len=4, image_size=16, cache_dir="auto")
+    assert len(list((tmp_path / ".ivf_cache").glob("*.npy"))) == 1
+    counts["imdecode"] = 0
+    IVFSequenceDataset(index, seq_len=4, image_size=16, cache_dir="auto")  # reused: nothing decoded
+    assert counts["imdecode"] == 0
+    off = IVFSequenceDataset(index, seq_len=4, image_size=16, cache_dir="off")
+    assert off.cache_dir is None
+
+
+def test_unwritable_cache_is_one_clear_error(tmp_path):
+    write_folder(tmp_path / "f", gray_frames(6), ext="jpeg")
+    index = write_index(tmp_path, [{"path": "f"}])
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(dataset_ivf.DataError, match=r"cannot write the frame cache in .*a_file.*--cache_dir"):
+        IVFSequenceDataset(index, seq_len=4, image_size=16, cache_dir=tmp_path / "a_file" / "cache")
+
+
 def test_cache_matches_uncached(tmp_path):
     index = make_synthetic_dataset(tmp_path / "syn", n_embryos=3, n_frames=9, size=48, seed=2)
     kw = dict(seq_len=5, image_size=32, training=True, augment=True, seed=4)
@@ -335,5 +356,5 @@ def test_add_data_args_defaults():
     import argparse
     args = add_data_args(argparse.ArgumentParser()).parse_args([])
     assert (args.index_csv, args.seq_len, args.sampling, args.normalize) == ("index.csv", 20, "uniform", "minmax01")
-    assert (args.augment, args.cache_dir, args.skip_bad, args.annotations_dir) == (False, None, False, None)
+    assert (args.augment, args.cache_dir, args.skip_bad, args.annotations_dir) == (False, "auto", False, None)
     assert args.val_fraction == 0.2 and args.num_workers == 2
