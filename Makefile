@@ -19,5 +19,26 @@ test: venv
 	$(PY) test_model.py
 	$(PY) -m pytest -q
 
+# The demo: synthetic wells -> a small model trained on the CPU -> latents -> analysis figures.
+# Rerunning reuses the venv, the data and its frame cache, and resumes (or skips) training.
+DEMO := demo_output
+DEMO_MODEL := --image_size 64 --encoder_hidden_dim 32 --encoder_layers 2 --decoder_hidden_dim 32 \
+	--decoder_layers 1 --use_classifier
+DEMO_TRAIN := --seq_len 10 --batch_size 4 --num_epochs 30 --learning_rate 2e-3 --warmup_epochs 1 \
+	--cls_weight 1.0 --augment --amp off --device cpu --num_workers 0
+
+demo: venv $(DEMO)/data/index.csv
+	$(PY) train.py --index_csv $(DEMO)/data/index.csv --annotations_dir $(DEMO)/data/annotations \
+		$(DEMO_MODEL) $(DEMO_TRAIN) --save_dir $(DEMO)/checkpoints --log_dir $(DEMO)/logs
+	$(PY) extract_latents.py --checkpoint $(DEMO)/checkpoints/best.pt --index_csv $(DEMO)/data/index.csv \
+		--out $(DEMO)/latents --mode trajectory --device cpu
+	$(PY) extract_latents.py --checkpoint $(DEMO)/checkpoints/best.pt --index_csv $(DEMO)/data/index.csv \
+		--out $(DEMO)/latents --mode clips --device cpu --num_workers 0
+	$(PY) analyze_latents.py --latents $(DEMO)/latents --out $(DEMO)/analysis
+	$(PY) demo_report.py --demo_dir $(DEMO)
+
+$(DEMO)/data/index.csv: | venv
+	$(PY) make_synthetic_data.py --out $(DEMO)/data --n_embryos 48 --n_frames 96 --size 128 --seed 0
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(DEMO)

@@ -612,7 +612,7 @@ def analyse_trajectories(trajectories: list[dict], out: Path, args) -> tuple[pd.
     rows, speeds, diagrams, embedding_rows, speed_rows = [], [], [], [], []
     methods = {}
     palette = phase_palette(np.concatenate([t["phase"] for t in trajectories]))
-    for k, traj in enumerate(tqdm(trajectories, desc="trajectories", unit="embryo")):
+    for k, traj in enumerate(tqdm(trajectories, desc="trajectories", unit="embryo", disable=None)):
         z = traj["z"]
         embedding, method = tphate_embedding(z, args.pca_dims, args.tphate_knn, args.seed)
         methods[method] = methods.get(method, 0) + 1

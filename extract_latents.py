@@ -122,7 +122,7 @@ def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: 
                         pin_memory=model_device(model).type == "cuda")
     rows, start, encode_s = [], 0, 0.0
     with torch.inference_mode():
-        for batch in tqdm(loader, desc="clips", unit="batch"):
+        for batch in tqdm(loader, desc="clips", unit="batch", disable=None):
             x = batch["video"].to(model_device(model), non_blocking=True)  # (B, T, 1, H, W)
             tick = time.perf_counter()
             z_seq, _ = model.encode(x)  # (B, T, C, h, w)
@@ -159,7 +159,7 @@ def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset
     folder.mkdir(parents=True, exist_ok=True)
     rows, seen, skipped, duplicates = [], set(), [], 0
     frames_encoded, encode_s = 0, 0.0
-    for i in tqdm(range(len(dataset)), desc="trajectories", unit="embryo"):
+    for i in tqdm(range(len(dataset)), desc="trajectories", unit="embryo", disable=None):
         meta = dataset.metadata(i)
         cell_id = str(meta["cell_id"])
         if cell_id in seen:  # clip-row index.csv: several rows of one recording

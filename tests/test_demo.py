@@ -1,0 +1,51 @@
+"""What `make demo` relies on: a short run improves validation loss, and the report reads the outputs."""
+
+import json
+
+import torch
+
+import demo_report
+import train
+from make_synthetic_data import make_synthetic_dataset
+
+
+def test_short_run_improves_validation_loss(tmp_path):
+    index_csv = make_synthetic_dataset(tmp_path / "data", n_embryos=10, n_frames=12, size=32, seed=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = train.get_args_parser().parse_args([
+            "--index_csv", str(index_csv), "--save_dir", str(tmp_path / "ckpt"), "--log_dir", str(tmp_path / "logs"),
+            "--image_size", "32", "--encoder_hidden_dim", "16", "--encoder_layers", "1", "--decoder_hidden_dim", "16",
+            "--decoder_layers", "1", "--seq_len", "4", "--batch_size", "2", "--num_workers", "0", "--device", "cpu",
+            "--amp", "off", "--num_epochs", "12", "--learning_rate", "5e-3", "--warmup_epochs", "1"])
+        assert train.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    history = json.loads((tmp_path / "logs" / "training_log.json").read_text())
+    assert len(history) == 12
+    assert history[-1]["val_total"] < 0.9 * history[0]["val_total"]
+    assert history[-1]["val_ms_ssim"] < history[0]["val_ms_ssim"]
+
+
+def test_report_prints_outputs_and_headline_numbers(tmp_path, capsys):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "analysis").mkdir()
+    log = [{"epoch": 1, "val_total": 0.8, "val_ms_ssim": 0.6}, {"epoch": 2, "val_total": 0.2, "val_ms_ssim": 0.25}]
+    (tmp_path / "logs" / "training_log.json").write_text(json.dumps(log))
+    summary = {"figures": ["a.png", "b.png"],
+               "classification": {"roc_auc": 0.98, "source": "model classifier probabilities (clips/probs.npy)",
+                                  "by_split": {"val": {"roc_auc": 1.0}}},
+               "phase_probe": {"accuracy": 0.7, "majority_baseline_accuracy": 0.15, "n_embryos": 9}}
+    (tmp_path / "analysis" / "summary.json").write_text(json.dumps(summary))
+    assert demo_report.main(demo_report.get_args_parser().parse_args(["--demo_dir", str(tmp_path)])) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1: 0.400   epoch 2: 0.750" in out
+    assert "ROC AUC 0.980 on all wells, 1.000 on validation wells" in out
+    assert "accuracy 0.700 vs majority baseline 0.150" in out
+    assert "2 figures" in out
+
+
+def test_report_without_outputs_says_to_run_the_demo(tmp_path, capsys):
+    assert demo_report.main(demo_report.get_args_parser().parse_args(["--demo_dir", str(tmp_path)])) == 2
+    assert "run `make demo` first" in capsys.readouterr().err
