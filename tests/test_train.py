@@ -13,7 +13,6 @@ import torch
 
 import train
 from losses import AutoencoderLoss
-from make_synthetic_data import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--image_size", "32", "--encoder_hidden_dim", "8", "--encoder_layers", "1", "--decoder_hidden_dim", "8",
@@ -44,11 +43,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def index_csv(tmp_path_factory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory.mktemp("data"), n_embryos=8, n_frames=8, size=32, seed=0)
 
 
 @pytest.fixture(scope="module")

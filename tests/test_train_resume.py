@@ -13,8 +13,6 @@ import cv2
 import pytest
 import torch
 
-from make_synthetic_data import make_synthetic_dataset
-
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--image_size", "32", "--encoder_hidden_dim", "8", "--encoder_layers", "1", "--decoder_hidden_dim", "8",
         "--decoder_layers", "1", "--seq_len", "4", "--batch_size", "2", "--num_workers", "0", "--device", "cpu",
@@ -70,11 +68,6 @@ def assert_same_training(out_a: Path, out_b: Path):
     strip = ("epoch_time_s", "clips_per_s")
     assert [{k: v for k, v in e.items() if k not in strip} for e in log_a] == \
            [{k: v for k, v in e.items() if k not in strip} for e in log_b]
-
-
-@pytest.fixture(scope="module")
-def index_csv(tmp_path_factory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory.mktemp("data"), n_embryos=8, n_frames=8, size=32, seed=0)
 
 
 @pytest.fixture(scope="module")
