@@ -196,9 +196,9 @@ def synchronize(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def make_train_step(model, loss_fn, video, labels, amp_dtype):
-    """One training step as a closure: forward (autocast), fp32 loss, backward, AdamW."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def make_train_step(model, loss_fn, video, labels, amp_dtype, fused_optimizer):
+    """One training step as a closure: forward (autocast), fp32 loss, backward, AdamW (fused as in train.py)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_optimizer)
     device_type = video.device.type
 
     def step():
@@ -343,8 +343,8 @@ def main(args) -> int:
     if args.compile_cell:
         compile_gate_updates(model)
 
-    project_step = make_train_step(model, loss_fn, video, labels, amp_dtype)
-    reference_step = make_train_step(reference, loss_fn, video, labels, None)
+    project_step = make_train_step(model, loss_fn, video, labels, amp_dtype, fused_optimizer=True)
+    reference_step = make_train_step(reference, loss_fn, video, labels, None, fused_optimizer=False)
     peak = {}
     for name, step in (("project", project_step), ("reference", reference_step)):
         reset_peak_memory(device)

@@ -387,7 +387,8 @@ def main(args) -> int:
         steps_per_epoch = math.ceil(len(sampler.inner) / args.batch_size)
         run = Run(args, device, amp_dtype, rank, world_size, steps_per_epoch, stop)
 
-        optimizer = torch.optim.AdamW(raw_model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+        optimizer = torch.optim.AdamW(raw_model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
+                                      fused=True)  # one kernel for all parameters (CPU and CUDA)
         warmup, total = args.warmup_epochs * steps_per_epoch, max(args.num_epochs * steps_per_epoch, 1)
 
         def lr_factor(step):  # linear warm-up, then cosine decay to 0 at the last step
