@@ -99,7 +99,7 @@ def build_dataset(args: argparse.Namespace, checkpoint: dict, image_size: int) -
     return IVFSequenceDataset(
         args.index_csv, seq_len=int(pick("seq_len")), image_size=image_size,
         split=None if args.split == "all" else args.split, sampling=pick("sampling"),
-        normalize=pick("normalize"), augment=False, cache_dir=existing_dir("cache_dir"),
+        normalize=pick("normalize"), augment=False, cache_dir=pick("cache_dir") or "auto",
         skip_bad=args.skip_bad, annotations_dir=existing_dir("annotations_dir"), training=False,
         val_fraction=float(train_args.get("val_fraction", 0.2)), seed=int(train_args.get("seed", 0)),
     )
@@ -231,8 +231,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="folder with <embryo>_phases.csv / <embryo>_timeElapsed.csv (default: None = the "
                              "checkpoint's when that folder exists, else none)")
     parser.add_argument("--cache_dir", type=str, default=None,
-                        help="decoded-frame cache folder (default: None = the checkpoint's when it exists, else "
-                             "decode on every read)")
+                        help="decoded-frame cache folder; auto = .ivf_cache beside index.csv, off = decode on every "
+                             "read (default: None = the checkpoint's setting, else auto)")
     parser.add_argument("--skip_bad", action="store_true",
                         help="skip unreadable recordings with a warning instead of stopping (default: off)")
     return parser
