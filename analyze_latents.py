@@ -23,7 +23,6 @@ short trajectory.
 import argparse
 import json
 import math
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -46,6 +45,8 @@ from sklearn.metrics import (  # noqa: E402
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+from dataset_ivf import patient_of  # noqa: E402
 
 # Folder and file names written by extract_latents.py (kept in sync by tests/test_latents.py).
 TRAJECTORY_DIR = "trajectories"
@@ -149,7 +150,7 @@ def trim_start(trajectories: list[dict], n: int) -> list[dict]:
 
 def patient_groups(meta: pd.DataFrame) -> np.ndarray:
     """Patient of each row: the patient_id column if present, else cell_id without its trailing -<n>."""
-    fallback = meta["cell_id"].astype(str).map(lambda s: re.sub(r"-\d+$", "", s))
+    fallback = meta["cell_id"].astype(str).map(patient_of)
     if "patient_id" in meta.columns:
         patient = meta["patient_id"]
         return np.where(patient.isna() | (patient.astype(str) == ""), fallback, patient.astype(str))

@@ -236,11 +236,16 @@ class _Row:
 
 
 def _plain(value):
-    """CSV cell as a plain float where it parses as a number, else str."""
+    """CSV cell as int or float where it reads as one, else str; ids with leading zeros ('007') stay str."""
+    text = str(value).strip()
+    if re.fullmatch(r"-?0\d+", text):
+        return text
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
+        return float(text)
+    except ValueError:
+        return text
 
 
 def normalize_frames(frames, mode, max_value):
@@ -382,28 +387,31 @@ class IVFSequenceDataset(Dataset):
             number = float(value)
         except ValueError:
             number = float("nan")
-        if not number.is_integer():
-            raise DataError(f"{self.index_csv} line {line} ({cell_id}): label {value!r} is not an integer "
-                            f"(use 0 for an empty well, 1 for an embryo, blank for unknown)")
+        if not number.is_integer() or number < -1:
+            raise DataError(f"{self.index_csv} line {line} ({cell_id}): label {value!r} is not a class number "
+                            f"(use 0 for an empty well, 1 for an embryo, blank or -1 for unknown)")
         return int(number)
 
     def _assign_splits(self, rows, val_fraction, split_out):
-        """Use the split column, or a seeded patient-grouped train/val split."""
-        if "split" in self.columns:
-            for r in rows:
-                if r.split and r.split not in SPLITS:
-                    raise self._err(r, f"split {r.split!r} is not one of {SPLITS}")
-        else:
-            if self.split == "test":
-                raise DataError(f"{self.index_csv}: a test split needs a 'split' column")
-            patients = sorted({r.patient_id for r in rows})
-            order = np.random.default_rng(self.seed).permutation(len(patients))
-            n_val = int(round(val_fraction * len(patients)))
-            if val_fraction > 0 and len(patients) > 1:
-                n_val = min(max(n_val, 1), len(patients) - 1)
-            val = {patients[k] for k in order[:n_val]}
-            for r in rows:
-                r.split = "val" if r.patient_id in val else "train"
+        """Use the split column where it is filled; other rows get a seeded patient-grouped train/val split."""
+        for r in rows:
+            if r.split and r.split not in SPLITS:
+                raise self._err(r, f"split {r.split!r} is not one of {SPLITS}")
+        if self.split == "test" and "split" not in self.columns:
+            raise DataError(f"{self.index_csv}: a test split needs a 'split' column")
+        unassigned = [r for r in rows if not r.split]
+        if unassigned and "split" in self.columns:
+            log.warning("%s: %d rows have a blank split; they get a seeded patient-grouped train/val split",
+                        self.index_csv, len(unassigned))
+        known = {r.patient_id: r.split for r in rows if r.split}  # a patient keeps the side it has
+        patients = sorted({r.patient_id for r in unassigned} - set(known))
+        order = np.random.default_rng(self.seed).permutation(len(patients))
+        n_val = int(round(val_fraction * len(patients)))
+        if val_fraction > 0 and len(patients) > 1:
+            n_val = min(max(n_val, 1), len(patients) - 1)
+        val = {patients[k] for k in order[:n_val]}
+        for r in unassigned:
+            r.split = known.get(r.patient_id) or ("val" if r.patient_id in val else "train")
         if split_out:
             out = Path(split_out)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -593,6 +601,10 @@ class IVFSequenceDataset(Dataset):
     def __len__(self):
         return len(self.rows)
 
+    def recording(self, i):
+        """Key of row i's recording (the absolute source path): clip rows of one recording share it."""
+        return self.rows[i].source
+
     def num_frames(self, i):
         """Number of frames in row i's whole recording."""
         return self.sources[self.rows[i].source].n
@@ -712,7 +724,7 @@ def _photometric(video, rng):
 
 
 def add_data_args(parser):
-    """Data flags shared by train.py, verify_data_connection.py and extract_latents.py."""
+    """Data flags shared by train.py and verify_data_connection.py."""
     g = parser.add_argument_group("data")
     g.add_argument("--index_csv", type=str, default="index.csv",
                    help="index.csv with video rows (path,...) or clip rows (cell_id,start_idx,paths) "

@@ -96,10 +96,13 @@ def build_dataset(args: argparse.Namespace, checkpoint: dict, image_size: int) -
         value = pick(name)
         return value if value and Path(value).is_dir() else None
 
+    # The training run's cache folder may be a cluster path: inherit only whether the cache was off.
+    trained_cache = str(train_args.get("cache_dir", "auto")).lower()
+    cache_dir = args.cache_dir or ("off" if trained_cache in ("off", "none", "") else "auto")
     return IVFSequenceDataset(
         args.index_csv, seq_len=int(pick("seq_len")), image_size=image_size,
         split=None if args.split == "all" else args.split, sampling=pick("sampling"),
-        normalize=pick("normalize"), augment=False, cache_dir=pick("cache_dir") or "auto",
+        normalize=pick("normalize"), augment=False, cache_dir=cache_dir,
         skip_bad=args.skip_bad, annotations_dir=existing_dir("annotations_dir"), training=False,
         val_fraction=float(train_args.get("val_fraction", 0.2)), seed=int(train_args.get("seed", 0)),
     )
@@ -162,10 +165,10 @@ def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset
     for i in tqdm(range(len(dataset)), desc="trajectories", unit="embryo", disable=None):
         meta = dataset.metadata(i)
         cell_id = str(meta["cell_id"])
-        if cell_id in seen:  # clip-row index.csv: several rows of one recording
+        if dataset.recording(i) in seen:  # clip-row index.csv: several rows of one recording
             duplicates += 1
             continue
-        seen.add(cell_id)
+        seen.add(dataset.recording(i))
         total = dataset.num_frames(i)
         positions = np.arange(0, total, args.stride, dtype=np.int64)
         try:
@@ -232,7 +235,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "checkpoint's when that folder exists, else none)")
     parser.add_argument("--cache_dir", type=str, default=None,
                         help="decoded-frame cache folder; auto = .ivf_cache beside index.csv, off = decode on every "
-                             "read (default: None = the checkpoint's setting, else auto)")
+                             "read (default: None = auto, or off when training ran without a cache)")
     parser.add_argument("--skip_bad", action="store_true",
                         help="skip unreadable recordings with a warning instead of stopping (default: off)")
     return parser

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 import model as model_lib
+from conv_lstm import compile_gate_updates
 from dataset_ivf import IVFSequenceDataset, add_data_args
 from losses import AutoencoderLoss
 
@@ -79,7 +80,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", type=str, default="auto", choices=("auto", "bf16", "fp16", "off"),
                    help="autocast dtype; auto = bf16 on CUDA and on CPUs with native bf16, else off "
                         "(default: %(default)s)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the ConvLSTM gate arithmetic (not the unrolled time loop): about 10%% "
+                        "faster steps after a one-off compile (default: off)")
     g.add_argument("--log_every", type=int, default=10,
                    help="update the progress bar and check the loss every N steps (default: %(default)s)")
     return parser
@@ -297,8 +300,10 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, run: R
         progress.sums += losses
         progress.step += 1
         progress.clips += video.shape[0] * run.world_size
-        stop = run.stop_requested()
-        if stop or progress.step % run.args.log_every == 0:
+        log_point = progress.step % run.args.log_every == 0
+        # one process: a flag check each step; DDP: all ranks agree at log points (no per-step host sync)
+        stop = run.stop_requested() if run.world_size == 1 or log_point else False
+        if stop or log_point:
             check_finite(bad_step, epoch, run)
             means = (progress.sums / progress.step).tolist()
             bar.set_postfix({k: f"{v:.4f}" for k, v in zip(LOSS_KEYS[:4], means[:4], strict=True)}, refresh=False)
@@ -345,6 +350,11 @@ def main(args) -> int:
                        annotations_dir=args.annotations_dir, val_fraction=args.val_fraction, seed=args.seed)
         train_ds = IVFSequenceDataset(args.index_csv, split="train", augment=args.augment, **data_kw)
         val_ds = IVFSequenceDataset(args.index_csv, split="val", **data_kw) if args.val_fraction > 0 else None
+        if args.use_classifier:
+            for row in (r for ds in (train_ds, val_ds) if ds is not None for r in ds.rows):
+                if row.label >= args.num_classes:
+                    raise BadInput(f"{args.index_csv} line {row.line} ({row.cell_id}): label {row.label} is not "
+                                   f"below --num_classes {args.num_classes}")
     except ValueError as err:  # BadInput, DataError and the config/device checks
         print(f"train.py: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -373,7 +383,7 @@ def main(args) -> int:
         model = DistributedDataParallel(raw_model, device_ids=[local_rank] if device.type == "cuda" else None) \
             if world_size > 1 else raw_model
         if args.compile:
-            model = torch.compile(model)
+            compile_gate_updates(raw_model)
         loss_fn = AutoencoderLoss(args.l1_weight, args.ms_ssim_weight, args.smooth_weight,
                                   args.cls_weight if args.use_classifier else 0.0).to(device)
 
@@ -411,6 +421,11 @@ def main(args) -> int:
             states = checkpoint["rng_state"]
             if len(states) == world_size:
                 set_rng_state(states[rank], device)
+            elif partial is not None:  # another number of processes: the saved position no longer applies
+                if run.is_main:
+                    print(f"Checkpoint written by {len(states)} processes, now {world_size}: epoch "
+                          f"{start_epoch + 1} restarts from its first step", flush=True)
+                partial = None
             log_path = log_dir / "training_log.json"
             if log_path.is_file():
                 history = [e for e in json.loads(log_path.read_text()) if e["epoch"] <= start_epoch]

@@ -95,13 +95,13 @@ def test_csv_without_path_column(tmp_path, skip_bad):
 
 
 @pytest.mark.parametrize("skip_bad", [False, True])
-@pytest.mark.parametrize("label", ["embryo", "0.5"])
-def test_label_not_integer(tmp_path, skip_bad, label):
+@pytest.mark.parametrize("label", ["embryo", "0.5", "-2"])
+def test_label_not_a_class_number(tmp_path, skip_bad, label):
     good_folder(tmp_path / "AA1-1")
     good_folder(tmp_path / "AA1-2")
     pd.DataFrame([{"path": "AA1-1", "label": "1"}, {"path": "AA1-2", "label": label}]).to_csv(
         tmp_path / "index.csv", index=False)
-    with pytest.raises(DataError, match=r"line 3 \(AA1-2\): label .* is not an integer"):
+    with pytest.raises(DataError, match=r"line 3 \(AA1-2\): label .* is not a class number"):
         IVFSequenceDataset(tmp_path / "index.csv", skip_bad=skip_bad)
 
 
@@ -162,6 +162,20 @@ def test_split_column_is_honoured(tmp_path):
         ds = IVFSequenceDataset(tmp_path / "index.csv", split=split, seq_len=2)
         assert [ds[i]["cell_id"] for i in range(len(ds))] == expected
     assert len(IVFSequenceDataset(tmp_path / "index.csv", seq_len=2)) == 3
+
+
+def test_blank_split_cells_get_the_grouped_split(tmp_path, caplog):
+    names = ["A-1", "A-2", "B-1", "C-1", "D-1", "E-1"]
+    for name in names:
+        good_folder(tmp_path / name)
+    pd.DataFrame({"path": names, "split": ["val", "", "", "", "", "train"]}).to_csv(
+        tmp_path / "index.csv", index=False)
+    splits = {s: [r.cell_id for r in IVFSequenceDataset(tmp_path / "index.csv", split=s, seq_len=2,
+                                                         val_fraction=0.3).rows] for s in ("train", "val")}
+    assert sorted(splits["train"] + splits["val"]) == names  # no row is lost
+    assert "A-2" in splits["val"]  # a patient keeps the side its other embryo has
+    assert "E-1" in splits["train"] and len(splits["val"]) >= 2  # blank patients are split too
+    assert "4 rows have a blank split" in caplog.text
 
 
 def test_test_split_needs_split_column(synthetic20):

@@ -137,6 +137,18 @@ def test_trajectory_files_cover_every_strided_frame(latents, checkpoint, wells):
     assert phase.dtype.kind == "U"
 
 
+def test_same_named_recordings_in_two_folders_are_both_extracted(checkpoint, wells, tmp_path):
+    rows = pd.read_csv(wells, dtype=str, keep_default_na=False).head(2)
+    for plate, row in zip(("plateA", "plateB"), rows.itertuples(), strict=True):
+        (tmp_path / plate).mkdir()
+        (tmp_path / plate / "E1").symlink_to(wells.parent / row.path, target_is_directory=True)
+    pd.DataFrame({"path": ["plateA/E1", "plateB/E1"]}).to_csv(tmp_path / "index.csv", index=False)
+    _run(["--checkpoint", str(checkpoint), "--index_csv", str(tmp_path / "index.csv"), "--out", str(tmp_path / "out"),
+          "--device", "cpu", "--mode", "trajectory"])
+    meta = pd.read_csv(tmp_path / "out" / "trajectories" / "metadata.csv")
+    assert list(meta["cell_id"]) == ["E1", "E1"] and meta["file"].nunique() == 2
+
+
 def test_analysis_on_extracted_latents(latents, tmp_path):
     out = tmp_path / "analysis"
     args = analyze_latents.get_args_parser().parse_args(["--latents", str(latents), "--out", str(out),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -60,7 +61,7 @@ def test_labels_reach_the_classification_loss(classifier_run):
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "image_size", "save_dir_under_a_file", "resume_from",
-                                  "fp16_on_cpu", "batch_size"])
+                                  "fp16_on_cpu", "batch_size", "label_out_of_range"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, index_csv, tmp_path, capsys):
     extra, index = [], index_csv
     if case == "missing":
@@ -79,12 +80,19 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, index_csv, tmp
         extra = ["--amp", "fp16"]
     elif case == "batch_size":
         extra = ["--batch_size", "0"]
+    elif case == "label_out_of_range":
+        rows = pd.read_csv(index_csv, dtype=str)
+        rows["path"] = [str(index_csv.parent / p) for p in rows["path"]]
+        rows.loc[1, "label"] = "2"
+        index = tmp_path / "index.csv"
+        rows.to_csv(index, index=False)
+        extra = ["--use_classifier", "--cache_dir", "off"]
     before = snapshot(tmp_path)
     assert train.main(parse(index, tmp_path, *extra)) == 2
     line = one_error_line(capsys)
     assert {"missing": "index.csv", "empty": "index.csv", "image_size": "multiple of 8",
             "save_dir_under_a_file": "--save_dir", "resume_from": "missing.pt", "fp16_on_cpu": "fp16",
-            "batch_size": "--batch_size"}[case] in line
+            "batch_size": "--batch_size", "label_out_of_range": "label 2 is not below --num_classes 2"}[case] in line
     assert snapshot(tmp_path) == before and not (tmp_path / "logs").exists()
 
 
