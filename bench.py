@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conv_lstm import compile_gate_updates
 from losses import AutoencoderLoss
-from model import ConvLSTMAutoencoder, ModelConfig, resolve_amp_dtype, resolve_device
+from model import AMP_CHOICES, ConvLSTMAutoencoder, ModelConfig, resolve_amp_dtype, resolve_device
 
 
 @dataclass
@@ -74,7 +74,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None,
                         help="timed rounds, each one project and one reference step (default: the config's)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default: the config's)")
-    parser.add_argument("--amp", type=str, default="auto", choices=("auto", "bf16", "fp16", "off"),
+    parser.add_argument("--amp", type=str, default="auto", choices=AMP_CHOICES,
                         help="autocast of the project's model; auto = bf16 on CUDA and on CPUs with native "
                              "bf16, else off (default: auto)")
     parser.add_argument("--compile_cell", action="store_true",

@@ -203,6 +203,10 @@ def load_model(path: str, map_location: str | torch.device = "cpu") -> tuple[Con
     return model_from_checkpoint(checkpoint).to(map_location).eval(), checkpoint
 
 
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when available; 'cuda' without a GPU is an error."""
     if name == "auto":

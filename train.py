@@ -75,9 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="checkpoint to start from when save_dir has no last.pt yet; save_dir/last.pt, when "
                         "present, always wins so that rerunning a command continues it (default: %(default)s)")
     g.add_argument("--seed", type=int, default=42, help="seed of weights, split and sampling (default: %(default)s)")
-    g.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"),
+    g.add_argument("--device", type=str, default="auto", choices=model_lib.DEVICE_CHOICES,
                    help="auto = CUDA when available (default: %(default)s)")
-    g.add_argument("--amp", type=str, default="auto", choices=("auto", "bf16", "fp16", "off"),
+    g.add_argument("--amp", type=str, default="auto", choices=model_lib.AMP_CHOICES,
                    help="autocast dtype; auto = bf16 on CUDA and on CPUs with native bf16, else off "
                         "(default: %(default)s)")
     g.add_argument("--compile", action="store_true",

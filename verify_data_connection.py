@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from dataset_ivf import DataError, IVFSequenceDataset, add_data_args
 from losses import AutoencoderLoss
 from make_synthetic_data import make_synthetic_dataset
-from model import ConvLSTMAutoencoder, add_model_args, config_from_args, resolve_device
+from model import DEVICE_CHOICES, ConvLSTMAutoencoder, add_model_args, config_from_args, resolve_device
 
 
 def get_args_parser():
@@ -23,7 +23,7 @@ def get_args_parser():
     parser.set_defaults(index_csv=None)  # None: build a synthetic set
     parser.add_argument("--batch_size", type=int, default=2, help="clips per batch (default: %(default)s)")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW learning rate (default: %(default)s)")
-    parser.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"),
+    parser.add_argument("--device", type=str, default="auto", choices=DEVICE_CHOICES,
                         help="device; auto picks CUDA when available (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     return parser
