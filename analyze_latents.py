@@ -46,16 +46,13 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold  # noqa: E4
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from dataset_ivf import patient_of  # noqa: E402
+from frames_io import PHASES, patient_of  # noqa: E402
 
 # Folder and file names written by extract_latents.py (kept in sync by tests/test_latents.py).
 TRAJECTORY_DIR = "trajectories"
 CLIPS_DIR = "clips"
 METADATA_CSV = "metadata.csv"
 OUTLIER_COLUMNS = ("trajectory_length", "start_end_distance", "mean_speed", "max_speed")
-# Developmental phases in time order (as in dataset_ivf.PHASES; repeated so analysis needs no torch).
-PHASE_ORDER = ("tPB2", "tPNa", "tPNf", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9+",
-               "tM", "tSB", "tB", "tEB", "tHB")
 
 
 class AnalysisError(ValueError):
@@ -355,7 +352,7 @@ def grouped_cv_probabilities(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n
 def ordered_phases(names) -> list[str]:
     """Distinct phase names, known ones in developmental order, then unknown ones sorted; '' dropped."""
     present = {str(n) for n in names} - {""}
-    return [p for p in PHASE_ORDER if p in present] + sorted(present - set(PHASE_ORDER))
+    return [p for p in PHASES if p in present] + sorted(present - set(PHASES))
 
 
 def phase_probe(x: np.ndarray, phases: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 0) -> dict:

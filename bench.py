@@ -30,7 +30,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conv_lstm import compile_gate_updates
 from losses import AutoencoderLoss
-from model import AMP_CHOICES, ConvLSTMAutoencoder, ModelConfig, resolve_amp_dtype, resolve_device
+from cli import AMP_CHOICES, resolve_amp_dtype, resolve_device
+from model import ConvLSTMAutoencoder, ModelConfig
 
 
 @dataclass

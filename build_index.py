@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dataset_ivf import IMAGE_EXTS, TIFF_EXTS, VIDEO_EXTS, list_frames, patient_of
+from frames_io import IMAGE_EXTS, TIFF_EXTS, VIDEO_EXTS, list_frames, patient_of
 
 MODES = ("videos", "clips")
 

@@ -25,187 +25,31 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from cli import InputError
+from frames_io import (
+    IMAGE_EXTS,
+    PHASES,
+    TIFF_EXTS,
+    VIDEO_EXTS,
+    BadFile,
+    count_video_frames,
+    decode_image,
+    decode_tiff,
+    decode_video,
+    list_frames,
+    natural_key,
+    patient_of,
+    probe_image,
+    run_numbers,
+    stack_frames,
+)
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mkv")
-TIFF_EXTS = (".tif", ".tiff")
-PHASES = ("tPB2", "tPNa", "tPNf", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9+",
-          "tM", "tSB", "tB", "tEB", "tHB")
 SAMPLINGS = ("uniform", "window")
 NORMALIZATIONS = ("minmax01", "none", "zscore")
 SPLITS = ("train", "val", "test")
 _CACHE_VERSION = 1
-
-
-class DataError(ValueError):
-    """Bad input data; the message is one line naming the CSV row and the file."""
-
-
-class _BadFile(Exception):
-    """A source file that cannot be read (wrapped into DataError with the CSV row)."""
-
-    def __init__(self, path, reason):
-        super().__init__(f"{path}: {reason}")
-
-
-def natural_key(text):
-    """Sort key that orders `RUN2` before `RUN10`."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(text))]
-
-
-def list_frames(folder):
-    """Image files directly inside `folder` in natural order; subfolders (e.g. duplicate `F0/`) are ignored."""
-    files = [p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS
-             and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: natural_key(p.name))
-
-
-def patient_of(embryo_id):
-    """Patient id from an embryo id: `AA83-7` -> `AA83`."""
-    return re.sub(r"-\d+$", "", str(embryo_id))
-
-
-def run_numbers(paths):
-    """RUN number of each frame file (`..._RUN12.jpeg` -> 12); position + 1 where a name has none."""
-    runs = []
-    for i, p in enumerate(paths):
-        m = re.search(r"RUN(\d+)", Path(p).stem, re.IGNORECASE)
-        runs.append(int(m.group(1)) if m else i + 1)
-    return np.array(runs, dtype=np.int64)
-
-
-def _to_gray(img, path):
-    """Gray uint8 or uint16 frame from what OpenCV decoded."""
-    if img.ndim == 3:
-        code = {1: None, 3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}.get(img.shape[2], -1)
-        if code == -1:
-            raise _BadFile(path, f"unsupported number of channels ({img.shape[2]})")
-        img = img[..., 0] if code is None else cv2.cvtColor(img, code)
-    if img.dtype not in (np.uint8, np.uint16):
-        raise _BadFile(path, f"unsupported pixel type {img.dtype} (need 8- or 16-bit)")
-    return img
-
-
-def _square_resize(img, size):
-    """Centre-crop to a square and resize to (size, size)."""
-    h, w = img.shape
-    if h != w:
-        m = min(h, w)
-        top, left = (h - m) // 2, (w - m) // 2
-        img = img[top:top + m, left:left + m]
-    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
-
-
-def _stack(frames):
-    """Stack frames into one array; 8-bit frames are widened when others are 16-bit."""
-    if any(f.dtype == np.uint16 for f in frames):
-        frames = [f.astype(np.uint16) * 257 if f.dtype == np.uint8 else f for f in frames]
-    return np.stack(frames)
-
-
-def _check_jpeg(path, data):
-    """Raise for a file named .jpg/.jpeg that is not a JPEG or is cut short."""
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        if data[:2].tobytes() != b"\xff\xd8":
-            raise _BadFile(path, "not a JPEG image")
-        tail = data[-64:].tobytes().rstrip(b"\x00")
-        if not tail.endswith(b"\xff\xd9"):
-            raise _BadFile(path, "truncated JPEG (no end-of-image marker)")
-
-
-def _imdecode(path, flags):
-    """Decode one image file with OpenCV, raising _BadFile for empty, truncated or undecodable files."""
-    path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise _BadFile(path, f"cannot read file ({e.strerror})") from e
-    if data.size == 0:
-        raise _BadFile(path, "empty (0-byte) file")
-    _check_jpeg(path, data)
-    img = cv2.imdecode(data, flags)
-    if img is None:
-        raise _BadFile(path, "cannot decode image (damaged or not an image)")
-    return img
-
-
-def decode_image(path, size):
-    """One gray frame resized to (size, size), uint8 or uint16."""
-    return _square_resize(_to_gray(_imdecode(path, cv2.IMREAD_UNCHANGED), path), size)
-
-
-def probe_image(path):
-    """Check that an image file decodes (at reduced resolution, which is fast for JPEG)."""
-    _imdecode(path, cv2.IMREAD_REDUCED_GRAYSCALE_4)
-
-
-def _open_video(path):
-    if not path.exists():
-        raise _BadFile(path, "does not exist")
-    if path.stat().st_size == 0:
-        raise _BadFile(path, "empty (0-byte) video")
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise _BadFile(path, "cannot open video (damaged or unsupported codec)")
-    return cap
-
-
-def decode_video(path, size, positions=None):
-    """Gray frames (N, size, size) of a video; only `positions` (sorted or not) when given."""
-    path = Path(path)
-    cap = _open_video(path)
-    wanted = None if positions is None else set(int(p) for p in positions)
-    last = None if positions is None else max(wanted)
-    frames, i = {}, 0
-    try:
-        while last is None or i <= last:
-            if not cap.grab():
-                break
-            if wanted is None or i in wanted:
-                ok, img = cap.retrieve()
-                if not ok:
-                    raise _BadFile(path, f"cannot decode frame {i}")
-                frames[i] = _square_resize(_to_gray(img, path), size)
-            i += 1
-    finally:
-        cap.release()
-    if not frames:
-        raise _BadFile(path, "video has no readable frames")
-    if positions is None:
-        return _stack([frames[k] for k in range(i)])
-    if last >= i:
-        raise _BadFile(path, f"video ended after {i} frames, frame {last} was asked for")
-    return _stack([frames[int(p)] for p in positions])
-
-
-def count_video_frames(path):
-    """Number of frames a video really yields (container counts can be wrong)."""
-    path = Path(path)
-    cap = _open_video(path)
-    n = 0
-    try:
-        while cap.grab():
-            n += 1
-    finally:
-        cap.release()
-    if n == 0:
-        raise _BadFile(path, "video has no readable frames")
-    return n
-
-
-def decode_tiff(path, size):
-    """All pages of a (multi-page) TIFF as gray frames (N, size, size), uint8 or uint16."""
-    path = Path(path)
-    if not path.exists():
-        raise _BadFile(path, "does not exist")
-    if path.stat().st_size == 0:
-        raise _BadFile(path, "empty (0-byte) file")
-    ok, pages = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
-    if not ok or not pages:
-        raise _BadFile(path, "cannot read TIFF stack (damaged or not a TIFF)")
-    return _stack([_square_resize(_to_gray(p, path), size) for p in pages])
 
 
 @dataclass
@@ -298,7 +142,7 @@ class IVFSequenceDataset(Dataset):
     Sources are checked when the dataset is built: with a cache by decoding them into the
     cache (paid once; later builds only stat the files), without it by a fast reduced-resolution
     decode of every frame. `skip_bad` drops unreadable rows with one warning each (and a count)
-    instead of raising DataError; zero usable rows is still an error.
+    instead of raising InputError; zero usable rows is still an error.
     """
 
     def __init__(self, index_csv, seq_len=20, image_size=128, split=None, sampling="uniform",
@@ -325,7 +169,7 @@ class IVFSequenceDataset(Dataset):
         self._assign_splits(rows, val_fraction, split_out)
         rows = [r for r in rows if split is None or r.split == split]
         if not rows:
-            raise DataError(f"{self.index_csv}: no rows in split {split!r}; check the split column "
+            raise InputError(f"{self.index_csv}: no rows in split {split!r}; check the split column "
                             f"or --val_fraction")
         self.sources = self._make_sources(rows)
         self.rows = self._check_sources(rows, skip_bad)
@@ -338,22 +182,22 @@ class IVFSequenceDataset(Dataset):
 
     # ---- reading index.csv
     def _err(self, row, msg):
-        return DataError(f"{self.index_csv} line {row.line} ({row.cell_id}): {msg}")
+        return InputError(f"{self.index_csv} line {row.line} ({row.cell_id}): {msg}")
 
     def _read_csv(self):
         if not self.index_csv.is_file():
-            raise DataError(f"{self.index_csv}: index CSV not found; build one with build_index.py")
+            raise InputError(f"{self.index_csv}: index CSV not found; build one with build_index.py")
         try:
             df = pd.read_csv(self.index_csv, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise DataError(f"{self.index_csv}: cannot parse CSV ({str(e).splitlines()[0]})") from e
+        except (pd.errors.ParserError, pd.errors.EmptyInputError, UnicodeDecodeError) as e:
+            raise InputError(f"{self.index_csv}: cannot parse CSV ({str(e).splitlines()[0]})") from e
         df.columns = [c.strip() for c in df.columns]
         if "paths" in df.columns:
             self.form = "clips"
         elif "path" in df.columns:
             self.form = "videos"
         else:
-            raise DataError(f"{self.index_csv}: no 'path' column (video rows) or 'paths' column "
+            raise InputError(f"{self.index_csv}: no 'path' column (video rows) or 'paths' column "
                             f"(clip rows); columns are {list(df.columns)}")
         base = self.index_csv.parent
         rows = []
@@ -362,21 +206,21 @@ class IVFSequenceDataset(Dataset):
             if self.form == "videos":
                 value = rec["path"].strip()
                 if not value:
-                    raise DataError(f"{self.index_csv} line {line}: empty 'path'")
+                    raise InputError(f"{self.index_csv} line {line}: empty 'path'")
                 path = base / value
                 cell_id = rec.get("embryo_id", "").strip() or (path.name if path.is_dir() else path.stem)
                 files = [path]
             else:
                 files = [base / p.strip() for p in rec["paths"].split("|") if p.strip()]
                 if not files:
-                    raise DataError(f"{self.index_csv} line {line}: empty 'paths'")
+                    raise InputError(f"{self.index_csv} line {line}: empty 'paths'")
                 cell_id = rec.get("cell_id", "").strip() or files[0].parent.name
             label = self._parse_label(rec.get("label", ""), line, cell_id)
             patient = rec.get("patient_id", "").strip() or patient_of(cell_id)
             extra = {k: _plain(v) for k, v in rec.items() if k != "paths"}
             rows.append(_Row(line, cell_id, label, patient, rec.get("split", "").strip().lower(), extra, files))
         if not rows:
-            raise DataError(f"{self.index_csv}: no rows")
+            raise InputError(f"{self.index_csv}: no rows")
         return rows, list(df.columns)
 
     def _parse_label(self, value, line, cell_id):
@@ -388,7 +232,7 @@ class IVFSequenceDataset(Dataset):
         except ValueError:
             number = float("nan")
         if not number.is_integer() or number < -1:
-            raise DataError(f"{self.index_csv} line {line} ({cell_id}): label {value!r} is not a class number "
+            raise InputError(f"{self.index_csv} line {line} ({cell_id}): label {value!r} is not a class number "
                             f"(use 0 for an empty well, 1 for an embryo, blank or -1 for unknown)")
         return int(number)
 
@@ -398,7 +242,7 @@ class IVFSequenceDataset(Dataset):
             if r.split and r.split not in SPLITS:
                 raise self._err(r, f"split {r.split!r} is not one of {SPLITS}")
         if self.split == "test" and "split" not in self.columns:
-            raise DataError(f"{self.index_csv}: a test split needs a 'split' column")
+            raise InputError(f"{self.index_csv}: a test split needs a 'split' column")
         unassigned = [r for r in rows if not r.split]
         if unassigned and "split" in self.columns:
             log.warning("%s: %d rows have a blank split; they get a seeded patient-grouped train/val split",
@@ -467,7 +311,7 @@ class IVFSequenceDataset(Dataset):
             for key, src in tqdm(self.sources.items(), desc=desc, unit="source", leave=False, disable=None):
                 try:
                     self._prepare(src, pool)
-                except _BadFile as e:
+                except BadFile as e:
                     src.error = str(e)
                     if not skip_bad:
                         raise self._err(users[key][0], f"{e}; fix or remove the row, or pass --skip_bad") from None
@@ -478,24 +322,24 @@ class IVFSequenceDataset(Dataset):
         if bad_rows:
             log.warning("%s: skipped %d of %d rows with unreadable sources", self.index_csv, bad_rows, len(rows))
         if not good:
-            raise DataError(f"{self.index_csv}: no usable rows (all {len(rows)} rows were skipped as unreadable)")
+            raise InputError(f"{self.index_csv}: no usable rows (all {len(rows)} rows were skipped as unreadable)")
         return good
 
     def _prepare(self, src, pool):
         """Fill in the frame list and count; decode into the cache when there is one."""
         if src.kind == "missing":
-            raise _BadFile(src.path, "does not exist")
+            raise BadFile(src.path, "does not exist")
         if src.kind == "unknown":
-            raise _BadFile(src.path, f"not a frame folder, video ({' '.join(VIDEO_EXTS)}) or TIFF stack")
+            raise BadFile(src.path, f"not a frame folder, video ({' '.join(VIDEO_EXTS)}) or TIFF stack")
         if src.kind == "frames":
             if not src.frames:
                 src.frames = list_frames(src.path)
                 if not src.frames:
-                    raise _BadFile(src.path, f"no image frames ({' '.join(IMAGE_EXTS)}) directly in this "
+                    raise BadFile(src.path, f"no image frames ({' '.join(IMAGE_EXTS)}) directly in this "
                                              f"folder (subfolders such as F0/ are not read)")
             for f in src.frames:
                 if not f.is_file():
-                    raise _BadFile(f, "does not exist")
+                    raise BadFile(f, "does not exist")
         if self.cache_dir is None:
             self._light_check(src, pool)
             return
@@ -519,7 +363,7 @@ class IVFSequenceDataset(Dataset):
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise DataError(f"cannot write the frame cache in {self.cache_dir} ({e.strerror}); pass --cache_dir "
+            raise InputError(f"cannot write the frame cache in {self.cache_dir} ({e.strerror}); pass --cache_dir "
                             f"with a writable folder, or --cache_dir off") from None
         src.n, src.max_value = arr.shape[0], float(np.iinfo(arr.dtype).max)
 
@@ -536,7 +380,7 @@ class IVFSequenceDataset(Dataset):
             return decode_video(src.path, self.image_size)
         if src.kind == "tiff":
             return decode_tiff(src.path, self.image_size)
-        return _stack(list(pool.map(lambda f: decode_image(f, self.image_size), src.frames)))
+        return stack_frames(list(pool.map(lambda f: decode_image(f, self.image_size), src.frames)))
 
     def _light_check(self, src, pool):
         """Without a cache: check that every frame decodes, so bad rows show up at build time."""
@@ -561,8 +405,8 @@ class IVFSequenceDataset(Dataset):
             if src.kind == "tiff":
                 return decode_tiff(src.path, self.image_size)[positions]
             decoded = {int(p): decode_image(src.frames[int(p)], self.image_size) for p in np.unique(positions)}
-            return _stack([decoded[int(p)] for p in positions])
-        except _BadFile as e:
+            return stack_frames([decoded[int(p)] for p in positions])
+        except BadFile as e:
             raise self._err(row, str(e)) from None
         except OSError as e:
             raise self._err(row, f"{src.cache_file or src.path}: {e}") from None
@@ -571,7 +415,7 @@ class IVFSequenceDataset(Dataset):
     def _attach_annotations(self, ann_dir):
         """Per-frame phase names and hours from `<embryo>_phases.csv` / `<embryo>_timeElapsed.csv`."""
         if not ann_dir.is_dir():
-            raise DataError(f"{ann_dir}: annotations folder not found")
+            raise InputError(f"{ann_dir}: annotations folder not found")
         phase_files = {p.name[:-len("_phases.csv")]: p for p in ann_dir.rglob("*_phases.csv")}
         time_files = {p.name[:-len("_timeElapsed.csv")]: p for p in ann_dir.rglob("*_timeElapsed.csv")}
         matched = 0
@@ -682,8 +526,8 @@ def _read_phases(path):
         if df.iloc[0, 0].strip().lower() == "phase":
             df = df.iloc[1:]
         return [(str(a).strip(), int(b), int(c)) for a, b, c in df.iloc[:, :3].itertuples(index=False)]
-    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{path}: expected rows 'phase,first_frame,last_frame' with integer RUN numbers "
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyInputError) as e:
+        raise InputError(f"{path}: expected rows 'phase,first_frame,last_frame' with integer RUN numbers "
                         f"({e})") from None
 
 
@@ -695,8 +539,8 @@ def _read_times(path):
             df = pd.read_csv(path, header=None).iloc[:, :2]
             df.columns = ["frame_index", "time"]
         return {int(k): float(v) for k, v in zip(df["frame_index"], df["time"], strict=True)}
-    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{path}: expected columns 'frame_index,time' (RUN number, hours) ({e})") from None
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyInputError) as e:
+        raise InputError(f"{path}: expected columns 'frame_index,time' (RUN number, hours) ({e})") from None
 
 
 def _rotate_flip(frames, rng):

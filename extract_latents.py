@@ -35,8 +35,9 @@ from numpy.lib.format import open_memmap
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset_ivf import DataError, IVFSequenceDataset
-from model import ConvLSTMAutoencoder, load_model, resolve_device
+from cli import InputError, resolve_device
+from dataset_ivf import IVFSequenceDataset
+from model import ConvLSTMAutoencoder, load_model
 
 TRAJECTORY_DIR = "trajectories"
 CLIPS_DIR = "clips"
@@ -173,7 +174,7 @@ def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset
         positions = np.arange(0, total, args.stride, dtype=np.int64)
         try:
             frames = torch.from_numpy(dataset.load_frames(i, positions))  # (n, 1, H, W)
-        except DataError as error:
+        except InputError as error:
             if not args.skip_bad:
                 raise
             tqdm.write(f"skipping {cell_id}: {error}", file=sys.stderr)
@@ -194,7 +195,7 @@ def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset
                                    "n_frames": len(positions), "total_frames": total, "stride": args.stride},
                                   meta))
     if not rows:
-        raise DataError(f"{args.index_csv}: no recording could be read (skipped {len(skipped)})")
+        raise InputError(f"{args.index_csv}: no recording could be read (skipped {len(skipped)})")
     pd.DataFrame(rows).to_csv(folder / METADATA_CSV, index=False)
     return {"n_embryos": len(rows), "skipped": skipped, "duplicate_rows": duplicates, "stride": args.stride,
             "chunk_len": args.chunk_len, "frames_encoded": frames_encoded, "encode_s": encode_s}
@@ -294,7 +295,7 @@ if __name__ == "__main__":
     cli_args = get_args_parser().parse_args()
     try:
         summary = main(cli_args)
-    except (ExtractError, DataError) as err:
+    except (ExtractError, InputError) as err:
         print(f"extract_latents.py: error: {err}", file=sys.stderr)
         sys.exit(2)
     print(f"{summary['frames_encoded']} frames in {summary['seconds']:.1f} s "

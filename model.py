@@ -201,37 +201,3 @@ def load_model(path: str, map_location: str | torch.device = "cpu") -> tuple[Con
     """Load a checkpoint file (weights_only) and return (model in eval mode, checkpoint dict)."""
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     return model_from_checkpoint(checkpoint).to(map_location).eval(), checkpoint
-
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when available; 'cuda' without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
-
-
-def cpu_supports_bf16() -> bool:
-    """True on CPUs with native bf16 matmul (AVX512-BF16 or AMX), where bf16 autocast pays off."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for --amp auto|bf16|fp16|off; None means plain fp32."""
-    if amp == "off":
-        return None
-    if amp == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_supports_bf16() else None
-    if amp == "fp16" and device.type == "cpu":
-        raise ValueError("--amp fp16 needs a CUDA GPU; use bf16 or off on the CPU")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
+import cli
 import model as model_lib
 from conv_lstm import compile_gate_updates
 from dataset_ivf import IVFSequenceDataset, add_data_args
@@ -75,9 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="checkpoint to start from when save_dir has no last.pt yet; save_dir/last.pt, when "
                         "present, always wins so that rerunning a command continues it (default: %(default)s)")
     g.add_argument("--seed", type=int, default=42, help="seed of weights, split and sampling (default: %(default)s)")
-    g.add_argument("--device", type=str, default="auto", choices=model_lib.DEVICE_CHOICES,
+    g.add_argument("--device", type=str, default="auto", choices=cli.DEVICE_CHOICES,
                    help="auto = CUDA when available (default: %(default)s)")
-    g.add_argument("--amp", type=str, default="auto", choices=model_lib.AMP_CHOICES,
+    g.add_argument("--amp", type=str, default="auto", choices=cli.AMP_CHOICES,
                    help="autocast dtype; auto = bf16 on CUDA and on CPUs with native bf16, else off "
                         "(default: %(default)s)")
     g.add_argument("--compile", action="store_true",
@@ -340,10 +341,10 @@ def main(args) -> int:
     try:  # everything that can be wrong with the input is found before anything is written
         check_args(args)
         config = model_lib.config_from_args(args)
-        device = model_lib.resolve_device(args.device)
+        device = cli.resolve_device(args.device)
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
-        amp_dtype = model_lib.resolve_amp_dtype(args.amp, device)
+        amp_dtype = cli.resolve_amp_dtype(args.amp, device)
         checkpoint, checkpoint_path = load_resume_checkpoint(args, config)
         data_kw = dict(seq_len=args.seq_len, image_size=args.image_size, sampling=args.sampling,
                        normalize=args.normalize, cache_dir=args.cache_dir, skip_bad=args.skip_bad,

@@ -10,10 +10,11 @@ import tempfile
 import torch
 from torch.utils.data import DataLoader
 
-from dataset_ivf import DataError, IVFSequenceDataset, add_data_args
+from cli import DEVICE_CHOICES, InputError, resolve_device
+from dataset_ivf import IVFSequenceDataset, add_data_args
 from losses import AutoencoderLoss
 from make_synthetic_data import make_synthetic_dataset
-from model import DEVICE_CHOICES, ConvLSTMAutoencoder, add_model_args, config_from_args, resolve_device
+from model import ConvLSTMAutoencoder, add_model_args, config_from_args
 
 
 def get_args_parser():
@@ -95,7 +96,7 @@ def main(args):
                                                    size=max(64, args.image_size), seed=args.seed)
                 print(f"no --index_csv: wrote a synthetic set to {index_csv}")
             run_check(args, index_csv, model, device)
-    except DataError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import dataset_ivf
-from dataset_ivf import PHASES, IVFSequenceDataset, add_data_args, list_frames, natural_key
+import frames_io
+from cli import InputError
+from dataset_ivf import IVFSequenceDataset, add_data_args
+from frames_io import PHASES, list_frames, natural_key
 from make_synthetic_data import make_synthetic_dataset
 
 
@@ -187,7 +189,7 @@ def _count_decodes(monkeypatch):
         def wrapper(*args, _real=real, _name=name, **kwargs):
             counts[_name] += 1
             return _real(*args, **kwargs)
-        monkeypatch.setattr(dataset_ivf.cv2, name, wrapper)
+        monkeypatch.setattr(frames_io.cv2, name, wrapper)
     return counts
 
 
@@ -238,7 +240,7 @@ def test_unwritable_cache_is_one_clear_error(tmp_path):
     write_folder(tmp_path / "f", gray_frames(6), ext="jpeg")
     index = write_index(tmp_path, [{"path": "f"}])
     (tmp_path / "a_file").write_text("not a folder")
-    with pytest.raises(dataset_ivf.DataError, match=r"cannot write the frame cache in .*a_file.*--cache_dir"):
+    with pytest.raises(InputError, match=r"cannot write the frame cache in .*a_file.*--cache_dir"):
         IVFSequenceDataset(index, seq_len=4, image_size=16, cache_dir=tmp_path / "a_file" / "cache")
 
 

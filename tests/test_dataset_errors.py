@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dataset_ivf import DataError, IVFSequenceDataset
+from cli import InputError
+from dataset_ivf import IVFSequenceDataset
 from make_synthetic_data import make_synthetic_dataset
 
 
@@ -69,7 +70,7 @@ def test_bad_source(tmp_path, caplog, make_bad, cached):
     index = tmp_path / "index.csv"
     pd.DataFrame(rows).to_csv(index, index=False)
     kw = dict(seq_len=3, image_size=16, cache_dir=tmp_path / "cache" if cached else None)
-    with pytest.raises(DataError) as err:
+    with pytest.raises(InputError) as err:
         IVFSequenceDataset(index, **kw)
     msg = str(err.value)
     assert "line 4" in msg and culprit in msg and "index.csv" in msg and "\n" not in msg
@@ -83,14 +84,14 @@ def test_bad_source(tmp_path, caplog, make_bad, cached):
 
 def test_all_rows_bad_is_still_an_error(tmp_path):
     pd.DataFrame([{"path": "a"}, {"path": "b"}]).to_csv(tmp_path / "index.csv", index=False)
-    with pytest.raises(DataError, match="no usable rows"):
+    with pytest.raises(InputError, match="no usable rows"):
         IVFSequenceDataset(tmp_path / "index.csv", skip_bad=True)
 
 
 @pytest.mark.parametrize("skip_bad", [False, True])
 def test_csv_without_path_column(tmp_path, skip_bad):
     pd.DataFrame([{"file": "a", "label": 1}]).to_csv(tmp_path / "index.csv", index=False)
-    with pytest.raises(DataError, match="no 'path' column.*'paths' column"):
+    with pytest.raises(InputError, match="no 'path' column.*'paths' column"):
         IVFSequenceDataset(tmp_path / "index.csv", skip_bad=skip_bad)
 
 
@@ -101,7 +102,7 @@ def test_label_not_a_class_number(tmp_path, skip_bad, label):
     good_folder(tmp_path / "AA1-2")
     pd.DataFrame([{"path": "AA1-1", "label": "1"}, {"path": "AA1-2", "label": label}]).to_csv(
         tmp_path / "index.csv", index=False)
-    with pytest.raises(DataError, match=r"line 3 \(AA1-2\): label .* is not a class number"):
+    with pytest.raises(InputError, match=r"line 3 \(AA1-2\): label .* is not a class number"):
         IVFSequenceDataset(tmp_path / "index.csv", skip_bad=skip_bad)
 
 
@@ -114,7 +115,7 @@ def test_blank_and_float_labels(tmp_path):
 
 
 def test_missing_index_csv(tmp_path):
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(InputError, match="not found"):
         IVFSequenceDataset(tmp_path / "nope.csv")
 
 
@@ -179,7 +180,7 @@ def test_blank_split_cells_get_the_grouped_split(tmp_path, caplog):
 
 
 def test_test_split_needs_split_column(synthetic20):
-    with pytest.raises(DataError, match="test split needs a 'split' column"):
+    with pytest.raises(InputError, match="test split needs a 'split' column"):
         IVFSequenceDataset(synthetic20, split="test")
 
 
@@ -208,5 +209,5 @@ def test_clip_row_with_missing_frame(tmp_path):
     good_folder(tmp_path / "AA1-1", n=4)
     pd.DataFrame([{"cell_id": "AA1-1", "start_idx": 0, "paths": "AA1-1/x_RUN1.jpeg|AA1-1/x_RUN9.jpeg"}]).to_csv(
         tmp_path / "index.csv", index=False)
-    with pytest.raises(DataError, match=r"line 2 \(AA1-1\): .*x_RUN9.jpeg: does not exist"):
+    with pytest.raises(InputError, match=r"line 2 \(AA1-1\): .*x_RUN9.jpeg: does not exist"):
         IVFSequenceDataset(tmp_path / "index.csv", seq_len=2)

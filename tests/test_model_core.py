@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from losses import AutoencoderLoss
-from model import ConvLSTMAutoencoder, ModelConfig, add_model_args, config_from_args, load_model, resolve_amp_dtype
+from cli import resolve_amp_dtype
+from model import ConvLSTMAutoencoder, ModelConfig, add_model_args, config_from_args, load_model
 
 TINY = dict(cnn_channels=(4, 8, 8), encoder_hidden_dim=8, encoder_layers=2, decoder_hidden_dim=8,
             decoder_layers=1, classifier_hidden=(16, 8))

@@ -1,0 +1,116 @@
+"""What every script shares: the one-line argument parser, the input-error type, exit codes, shared flags,
+and the choice of device and autocast dtype.
+
+Importing this module loads no torch (build_index.py and the analysis use it); the device functions
+import torch when called.
+"""
+
+import argparse
+import sys
+from collections.abc import Callable
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2  # bad flags or input, or a save_dir in use: one line, nothing written
+EXIT_NON_FINITE = 3  # non-finite loss or weights; every checkpoint on disk stays finite
+EXIT_WRITE_ERROR = 74  # an OS error while writing (EX_IOERR); the previous files stay intact
+EXIT_STOPPED = 85  # SIGTERM/SIGUSR1 arrived and the state was saved (HTCondor's checkpoint_exit_code)
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+DEFAULT_SEED = 42
+
+
+class ScriptError(Exception):
+    """An error that ends a script with one stderr line and its exit code."""
+
+    exit_code = 1
+
+
+class InputError(ScriptError, ValueError):
+    """Bad flags, files or rows: one line naming the flag, file or row and what to do; exit 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class WriteError(ScriptError, OSError):
+    """An OS error while writing (disk full, folder gone): one line with the path and the reason; exit 74."""
+
+    exit_code = EXIT_WRITE_ERROR
+
+    def __init__(self, path, err: OSError):
+        super().__init__(f"cannot write {path} ({err.strerror or err}); free some space or choose another folder")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are a single line (exit code 2), not a usage dump."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_seed_arg(parser, what: str = "weights, split and sampling"):
+    """--seed, with the one default every script shares."""
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"seed of {what}, 0 <= seed < 2**32 (default: %(default)s)")
+
+
+def add_device_args(parser, compile_help: str | None = None):
+    """--device and --amp (and --compile when the script has a training step)."""
+    parser.add_argument("--device", type=str, default="auto", choices=DEVICE_CHOICES,
+                        help="auto = CUDA when available (default: %(default)s)")
+    parser.add_argument("--amp", type=str, default="auto", choices=AMP_CHOICES,
+                        help="autocast dtype; auto = bf16 on CUDA and on CPUs with native bf16, else off "
+                             "(default: %(default)s)")
+    if compile_help is not None:
+        parser.add_argument("--compile", action="store_true", help=compile_help)
+
+
+def check_seed(seed: int):
+    """numpy and torch take seeds in [0, 2**32)."""
+    if not 0 <= seed < 2**32:
+        raise InputError(f"--seed must be in [0, 2**32), got {seed}")
+
+
+def resolve_device(name: str):
+    """'auto' picks CUDA when available; 'cuda' without a GPU is an input error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 matmul (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp_dtype(amp: str, device):
+    """Autocast dtype for --amp auto|bf16|fp16|off; None means plain fp32."""
+    import torch
+
+    if amp == "off":
+        return None
+    if amp == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    if amp == "fp16" and device.type == "cpu":
+        raise InputError("--amp fp16 needs a CUDA GPU; use bf16 or off on the CPU")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def run_main(prog: str, main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Call main(args) and turn the errors it lets through into the exit-code table, one stderr line each."""
+    try:
+        return main(args) or EXIT_OK
+    except ScriptError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
