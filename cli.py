@@ -19,6 +19,14 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 DEFAULT_SEED = 42
 
+# The latents folder that extract_latents.py writes and analyze_latents.py reads.
+TRAJECTORY_DIR = "trajectories"  # one <k>_<embryo>.npz per recording
+CLIPS_DIR = "clips"
+METADATA_CSV = "metadata.csv"
+LATENT_KEY = "z"  # (n, C) pooled latents of the trained model, one row per frame
+UNTRAINED_KEY = "z_untrained"  # (n, C) the same frames through an untrained model of the same config (seeded)
+PIXELS_KEY = "pixels"  # (n, P) the same frames' raw pixels, area-downsampled and flattened
+
 
 class ScriptError(Exception):
     """An error that ends a script with one stderr line and its exit code."""
