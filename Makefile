@@ -16,7 +16,6 @@ $(VENV)/.installed: $(REQUIREMENTS)
 
 test: venv
 	$(VENV)/bin/ruff check .
-	$(PY) test_model.py
 	$(PY) -m pytest -q
 
 # The demo: synthetic wells -> a small model trained on the CPU -> latents -> analysis figures.

@@ -14,7 +14,6 @@ each figure is the best round (the median is in the JSON too).
 """
 
 import argparse
-import json
 import platform
 import resource
 import statistics
@@ -28,9 +27,10 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import cli
+import train
 from conv_lstm import compile_gate_updates
 from losses import AutoencoderLoss
-from cli import AMP_CHOICES, resolve_amp_dtype, resolve_device
 from model import ConvLSTMAutoencoder, ModelConfig
 
 
@@ -64,9 +64,7 @@ PRESETS = {
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", type=str, default="cpu", choices=("cpu", "cuda"),
-                        help="device to benchmark (default: cpu)")
+    parser = cli.OneLineParser(prog="bench.py", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=str, default="small", choices=tuple(PRESETS),
                         help="full: default model, B=8, T=20, 128 px; small: same model, B=2, T=10; "
                              "tiny: toy model for the tests (default: small)")
@@ -75,17 +73,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None,
                         help="timed rounds, each one project and one reference step (default: the config's)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default: the config's)")
-    parser.add_argument("--amp", type=str, default="auto", choices=AMP_CHOICES,
-                        help="autocast of the project's model; auto = bf16 on CUDA and on CPUs with native "
-                             "bf16, else off (default: auto)")
-    parser.add_argument("--compile_cell", action="store_true",
-                        help="torch.compile the ConvLSTM gate arithmetic of the project's model; compile time "
-                             "falls in the warm-up (default: off)")
+    cli.add_device_args(parser, compile_aliases=("--compile_cell",),
+                        compile_help="torch.compile the ConvLSTM gate arithmetic of the project's model, as train.py "
+                                     "--compile does; compile time falls in the warm-up (default: off)")
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers (default: 2)")
     parser.add_argument("--skip_loader", action="store_true", help="skip the DataLoader benchmark (default: off)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch; 0 = torch's default, one per core (default: 0)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    cli.add_seed_arg(parser, "weights, inputs and synthetic wells")
     parser.add_argument("--json", type=str, default=None, help="write the results to this JSON file (default: none)")
     return parser
 
@@ -198,17 +193,16 @@ def synchronize(device: torch.device):
 
 
 def make_train_step(model, loss_fn, video, labels, amp_dtype, fused_optimizer):
-    """One training step as a closure: forward (autocast), fp32 loss, backward, AdamW (fused as in train.py)."""
+    """train.py's train_step as a closure, as train.py sets it up: AdamW (fused there), its default gradient
+    clip, a GradScaler (on for fp16)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_optimizer)
     device_type = video.device.type
+    scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
+    grad_clip = train.get_args_parser().get_default("grad_clip")
 
     def step():
-        with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            output = model(video)  # dict; reconstruction (B, T, 1, H, W)
-        loss = loss_fn(output, video, labels)["total"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        autocast = torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+        train.train_step(model, video, labels, loss_fn, optimizer, scaler, autocast, grad_clip)
 
     return step
 
@@ -297,7 +291,7 @@ def benchmark_loader(preset: Preset, batch_size: int, seq_len: int, image_size: 
         n_embryos = max(preset.n_embryos, batch_size)
         index_csv = make_synthetic_dataset(Path(tmp) / "data", n_embryos, preset.n_frames, preset.frame_size, seed)
         common = dict(seq_len=seq_len, image_size=image_size, training=True, seed=seed)
-        raw = IVFSequenceDataset(index_csv, cache_dir=None, **common)
+        raw = IVFSequenceDataset(index_csv, cache_dir="off", **common)
         cached = IVFSequenceDataset(index_csv, cache_dir=Path(tmp) / "cache", **common)  # decodes once here
         return {
             "raw_jpeg": loader_clips_per_s(raw, batch_size, num_workers, preset.loader_batches, pin_memory),
@@ -307,91 +301,103 @@ def benchmark_loader(preset: Preset, batch_size: int, seq_len: int, image_size: 
 
 # ---- main ----------------------------------------------------------------------------------------
 
-def main(args) -> int:
+def settings(args) -> dict:
+    """The preset's sizes with the flags on top; InputError for values out of range."""
     preset = PRESETS[args.config]
-    batch_size = preset.batch_size if args.batch_size is None else args.batch_size
-    seq_len = preset.seq_len if args.seq_len is None else args.seq_len
-    steps = preset.steps if args.steps is None else args.steps
-    warmup = preset.warmup if args.warmup is None else args.warmup
-    if min(batch_size, seq_len, steps) < 1 or min(warmup, args.num_workers, args.threads) < 0:
-        print("error: --batch_size, --seq_len and --steps must be >= 1; --warmup, --num_workers, --threads >= 0",
-              file=sys.stderr)
-        return 2
-    try:
-        device = resolve_device(args.device)
-        amp_dtype = resolve_amp_dtype(args.amp, device)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    config = ModelConfig(**preset.model)
-    size = config.image_size
+    picked = {name: getattr(preset, name) if getattr(args, name) is None else getattr(args, name)
+              for name in ("batch_size", "seq_len", "steps", "warmup")}
+    if min(picked["batch_size"], picked["seq_len"], picked["steps"]) < 1 or \
+            min(picked["warmup"], args.num_workers, args.threads) < 0:
+        raise cli.InputError("--batch_size, --seq_len and --steps must be >= 1; --warmup, --num_workers, "
+                             "--threads >= 0")
+    cli.check_seed(args.seed)
+    return picked
 
+
+def measure_steps(config: ModelConfig, device, amp_dtype, args, batch_size: int, seq_len: int, steps: int,
+                  warmup: int, matmul_n: int) -> dict:
+    """Times, FLOPs and peak memory of the project's step and the plain reference, and the matmul probes."""
+    size = config.image_size
     model = ConvLSTMAutoencoder(config).to(device).train()
     reference = PlainAutoencoder(config).to(device).train()
     reference.load_state_dict(reference_state_dict(model.state_dict()))
     video = torch.rand(batch_size, seq_len, config.in_channels, size, size, device=device)  # (B, T, 1, H, W)
     labels = torch.randint(0, config.num_classes, (batch_size,), device=device) if config.use_classifier else None
     loss_fn = AutoencoderLoss(cls_weight=1.0 if config.use_classifier else 0.0)
-
     with torch.no_grad():  # the two implementations compute the same function (fp32)
         check = video[:2, :3]
         difference = (model(check)["reconstruction"] - reference(check)["reconstruction"]).abs().max().item()
-    if args.compile_cell:
+    if args.compile:
         compile_gate_updates(model)
-
-    project_step = make_train_step(model, loss_fn, video, labels, amp_dtype, fused_optimizer=True)
-    reference_step = make_train_step(reference, loss_fn, video, labels, None, fused_optimizer=False)
+    step_fns = {"project": make_train_step(model, loss_fn, video, labels, amp_dtype, fused_optimizer=True),
+                "reference": make_train_step(reference, loss_fn, video, labels, None, fused_optimizer=False)}
     peak = {}
-    for name, step in (("project", project_step), ("reference", reference_step)):
+    for name, step in step_fns.items():
         reset_peak_memory(device)
         for _ in range(max(warmup, 1)):  # the first step also allocates the optimiser state
             step()
         synchronize(device)
         peak[name] = peak_memory_bytes(device)
-    flops = {"project": count_flops(project_step), "reference": count_flops(reference_step)}
-
-    matmul_n = preset.matmul_size if device.type == "cpu" else max(preset.matmul_size, 8192)
+    flops = {name: count_flops(step) for name, step in step_fns.items()}
     probes = matmul_probe(device, matmul_n)
     for probe in probes.values():
         probe()  # warm-up
-    times = {"project": [], "reference": []}
+    times = {name: [] for name in step_fns}
     gflops = {name: [] for name in probes}
     for _ in range(steps):  # interleaved, so that every figure sees the same phase of the machine
-        times["project"].append(timed(project_step, device))
-        times["reference"].append(timed(reference_step, device))
+        for name, step in step_fns.items():
+            times[name].append(timed(step, device))
         for name, probe in probes.items():
             gflops[name].append(max(probe() for _ in range(3)))
+    return {"times": times, "flops": flops, "peak": peak, "gflops": gflops, "difference": difference}
 
-    matmul = {name: max(values) for name, values in gflops.items()}
-    amp_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+
+def step_figures(m: dict, batch_size: int, amp_name: str) -> dict:
+    """Per-step figures of the project and the reference, each against its dtype's matmul peak."""
+    matmul = {name: max(values) for name, values in m["gflops"].items()}
     project_peak = matmul["bf16"] if amp_name in ("bf16", "fp16") else matmul["fp32"]
-    result = {
-        "device": str(device), "device_name": device_name(device),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "config": args.config,
-        "model_config": asdict(config), "batch_size": batch_size, "seq_len": seq_len, "steps": steps,
-        "warmup": warmup, "amp": amp_name, "compile_cell": args.compile_cell, "reference_max_abs_diff": difference,
-        "matmul_size": matmul_n, "matmul_gflops": matmul, "matmul_gflops_rounds": gflops,
-    }
-    for name, values in times.items():
+    result = {}
+    for name, values in m["times"].items():
         best, median = min(values), statistics.median(values)
         dtype_peak = project_peak if name == "project" else matmul["fp32"]
+        flops = m["flops"][name]
         result[name] = {
             "step_s": best, "step_s_median": median, "step_s_rounds": values,
             "steps_per_s": 1 / best, "clips_per_s": batch_size / best,
-            "flops_per_step": flops[name], "achieved_gflops": flops[name] / best / 1e9,
-            "share_of_matmul": flops[name] / best / 1e9 / dtype_peak, "peak_memory_mb": peak[name] / 2 ** 20,
+            "flops_per_step": flops, "achieved_gflops": flops / best / 1e9,
+            "share_of_matmul": flops / best / 1e9 / dtype_peak, "peak_memory_mb": m["peak"][name] / 2 ** 20,
         }
     result["speedup_vs_reference"] = result["project"]["steps_per_s"] / result["reference"]["steps_per_s"]
     result["speedup_vs_reference_median"] = (result["reference"]["step_s_median"]
                                              / result["project"]["step_s_median"])
+    return {"matmul_gflops": matmul, "matmul_gflops_rounds": m["gflops"], **result}
+
+
+def main(args) -> int:
+    s = settings(args)
+    device = cli.resolve_device(args.device)
+    amp_dtype = cli.resolve_amp_dtype(args.amp, device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    preset = PRESETS[args.config]
+    config = ModelConfig(**preset.model)
+    matmul_n = preset.matmul_size if device.type == "cpu" else max(preset.matmul_size, 8192)
+    m = measure_steps(config, device, amp_dtype, args, s["batch_size"], s["seq_len"], s["steps"], s["warmup"],
+                      matmul_n)
+    amp_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    result = {
+        "device": str(device), "device_name": device_name(device),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "config": args.config,
+        "model_config": asdict(config), **s, "amp": amp_name, "compile_cell": args.compile,
+        "reference_max_abs_diff": m["difference"], "matmul_size": matmul_n,
+        **step_figures(m, s["batch_size"], amp_name),
+    }
     if not args.skip_loader:
-        rates = benchmark_loader(preset, batch_size, seq_len, size, args.num_workers, device.type == "cuda",
-                                 args.seed)
+        rates = benchmark_loader(preset, s["batch_size"], s["seq_len"], config.image_size, args.num_workers,
+                                 device.type == "cuda", args.seed)
         consumption = result["project"]["clips_per_s"]
         result["loader"] = {**{f"{k}_clips_per_s": v for k, v in rates.items()},
                             "model_clips_per_s": consumption, "num_workers": args.num_workers,
@@ -400,7 +406,7 @@ def main(args) -> int:
                             "cached_vs_model": rates["cached"] / consumption}
     print_table(result)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        cli.write_json(Path(args.json), result)
         print(f"wrote {args.json}")
     return 0
 
@@ -430,4 +436,4 @@ def print_table(r: dict):
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(cli.run_main("bench.py", main, get_args_parser().parse_args()))

@@ -2,23 +2,20 @@
 
 `--mode videos` writes one row per embryo (`path,embryo_id,patient_id,n_frames,label,...`);
 `--mode clips` writes `cell_id,start_idx,paths` windows of exactly `--seq_len` frames taken every
-`--subsample`-th frame, a new window every `--stride` subsampled frames (frame folders only).
+`--frame_step`-th frame, a new window every `--window_step` of those frames (frame folders only).
 Paths are written relative to the output CSV's folder. Skipped entries are reported with a reason.
 """
-import argparse
 import os
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+import cli
+from cli import InputError
 from frames_io import IMAGE_EXTS, TIFF_EXTS, VIDEO_EXTS, list_frames, patient_of
 
 MODES = ("videos", "clips")
-
-
-class IndexBuildError(ValueError):
-    """Bad arguments or labels file (reported in one line, exit code 2)."""
 
 
 def scan_root(root):
@@ -53,20 +50,20 @@ def read_labels(path):
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise IndexBuildError(f"{path}: cannot read labels CSV ({e})") from None
+        raise InputError(f"{path}: cannot read labels CSV ({e})") from None
     if "embryo_id" not in df.columns or "label" not in df.columns:
-        raise IndexBuildError(f"{path}: labels CSV needs 'embryo_id' and 'label' columns, found {list(df.columns)}")
+        raise InputError(f"{path}: labels CSV needs 'embryo_id' and 'label' columns, found {list(df.columns)}")
     for i, value in enumerate(df["label"]):
         value = value.strip()
         if value and not (value.lstrip("-").isdigit()):
-            raise IndexBuildError(f"{path} line {i + 2}: label {value!r} is not an integer (0 empty, 1 embryo, blank)")
+            raise InputError(f"{path} line {i + 2}: label {value!r} is not an integer (0 empty, 1 embryo, blank)")
     if df["embryo_id"].duplicated().any():
         dup = df.loc[df["embryo_id"].duplicated(), "embryo_id"].iloc[0]
-        raise IndexBuildError(f"{path}: embryo_id {dup!r} appears more than once")
+        raise InputError(f"{path}: embryo_id {dup!r} appears more than once")
     return df.set_index("embryo_id")
 
 
-def build_rows(entries, out_dir, mode, seq_len, subsample, stride, labels):
+def build_rows(entries, out_dir, mode, seq_len, frame_step, window_step, labels):
     """index.csv rows for the scanned entries; returns (rows, skipped)."""
     rows, skipped = [], []
     for embryo_id, path, kind, frames in entries:
@@ -81,12 +78,12 @@ def build_rows(entries, out_dir, mode, seq_len, subsample, stride, labels):
         if kind != "frames":
             skipped.append((path.name, "clips mode needs frame folders (use --mode videos for video files)"))
             continue
-        picked = list(range(0, len(frames), subsample))
+        picked = list(range(0, len(frames), frame_step))
         if len(picked) < seq_len:
-            skipped.append((path.name, f"only {len(picked)} frames after --subsample {subsample}, "
+            skipped.append((path.name, f"only {len(picked)} frames after --frame_step {frame_step}, "
                                        f"a clip needs --seq_len {seq_len}"))
             continue
-        for s in range(0, len(picked) - seq_len + 1, stride):
+        for s in range(0, len(picked) - seq_len + 1, window_step):
             window = picked[s:s + seq_len]
             paths = "|".join(Path(os.path.relpath(frames[k], out_dir)).as_posix() for k in window)
             rows.append({"cell_id": embryo_id, "start_idx": window[0], "paths": paths, **extra})
@@ -94,7 +91,7 @@ def build_rows(entries, out_dir, mode, seq_len, subsample, stride, labels):
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.OneLineParser(prog="build_index.py", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=str, required=True,
                         help="dataset root with one frame folder, video or TIFF stack per embryo (required)")
     parser.add_argument("--out", type=str, default="index.csv", help="output CSV (default: %(default)s)")
@@ -102,10 +99,11 @@ def get_args_parser():
                         help="one row per embryo, or fixed-length clip rows (default: %(default)s)")
     parser.add_argument("--seq_len", type=int, default=20,
                         help="frames per clip in clips mode (default: %(default)s)")
-    parser.add_argument("--subsample", type=int, default=3,
-                        help="clips mode: take every n-th frame (default: %(default)s)")
-    parser.add_argument("--stride", type=int, default=10,
-                        help="clips mode: start a window every n subsampled frames (default: %(default)s)")
+    parser.add_argument("--frame_step", "--subsample", type=int, default=3, dest="frame_step",
+                        help="clips mode: take every n-th frame (--subsample is the old name) (default: %(default)s)")
+    parser.add_argument("--window_step", "--stride", type=int, default=10, dest="window_step",
+                        help="clips mode: start a window every n taken frames (--stride is the old name) "
+                             "(default: %(default)s)")
     parser.add_argument("--labels", type=str, default=None,
                         help="CSV with embryo_id,label (0 empty, 1 embryo) and optional extra columns such as "
                              "patient_id or split, merged into the index (default: %(default)s = no labels)")
@@ -114,19 +112,14 @@ def get_args_parser():
 
 def main(args):
     root, out = Path(args.root), Path(args.out)
-    try:
-        if not root.is_dir():
-            raise IndexBuildError(f"{root}: dataset root not found or not a folder")
-        if min(args.seq_len, args.subsample, args.stride) < 1:
-            raise IndexBuildError("--seq_len, --subsample and --stride must be at least 1")
-        labels = read_labels(args.labels) if args.labels else None
-    except IndexBuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not root.is_dir():
+        raise InputError(f"{root}: dataset root not found or not a folder")
+    if min(args.seq_len, args.frame_step, args.window_step) < 1:
+        raise InputError("--seq_len, --frame_step and --window_step must be at least 1")
+    labels = read_labels(args.labels) if args.labels else None
     entries, skipped = scan_root(root)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rows, more = build_rows(entries, os.path.abspath(out.parent), args.mode, args.seq_len, args.subsample, args.stride,
-                            labels)
+    rows, more = build_rows(entries, os.path.abspath(out.parent), args.mode, args.seq_len, args.frame_step,
+                            args.window_step, labels)
     skipped += more
     for name, reason in skipped:
         print(f"skipped {name}: {reason}", file=sys.stderr)
@@ -136,15 +129,13 @@ def main(args):
             print(f"{len(missing)} embryo ids in {args.labels} were not found under {root}: "
                   f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}", file=sys.stderr)
     if not rows:
-        print(f"error: no usable embryos under {root} ({len(skipped)} entries skipped)", file=sys.stderr)
-        return 2
-    tmp = out.with_name(f".{out.name}.tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, out)
+        raise InputError(f"no usable embryos under {root} ({len(skipped)} entries skipped)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cli.write_bytes(out, pd.DataFrame(rows).to_csv(index=False).encode())
     n_embryos = len({r.get("embryo_id", r.get("cell_id")) for r in rows})
     print(f"wrote {len(rows)} {args.mode} rows for {n_embryos} embryos to {out}; skipped {len(skipped)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(cli.run_main("build_index.py", main, get_args_parser().parse_args()))

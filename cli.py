@@ -1,13 +1,20 @@
-"""What every script shares: the one-line argument parser, the input-error type, exit codes, shared flags,
-and the choice of device and autocast dtype.
+"""What every script shares: the one-line argument parser, the error types and exit codes, shared flags,
+the choice of device and autocast dtype, and the one atomic file writer.
 
 Importing this module loads no torch (build_index.py and the analysis use it); the device functions
 import torch when called.
 """
 
 import argparse
+import contextlib
+import json
+import os
+import signal
 import sys
+import uuid
 from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # bad flags or input, or a save_dir in use: one line, nothing written
@@ -56,21 +63,31 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class StopSignal:
+    """Signal handler that only records SIGTERM/SIGUSR1; the loop finishes its step, then saves."""
+
+    received: str | None = None
+
+    def __call__(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+
 def add_seed_arg(parser, what: str = "weights, split and sampling"):
     """--seed, with the one default every script shares."""
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"seed of {what}, 0 <= seed < 2**32 (default: %(default)s)")
 
 
-def add_device_args(parser, compile_help: str | None = None):
-    """--device and --amp (and --compile when the script has a training step)."""
+def add_device_args(parser, amp: bool = True, compile_help: str | None = None, compile_aliases: tuple = ()):
+    """--device, --amp (unless amp=False) and --compile (when compile_help says what it compiles)."""
     parser.add_argument("--device", type=str, default="auto", choices=DEVICE_CHOICES,
                         help="auto = CUDA when available (default: %(default)s)")
-    parser.add_argument("--amp", type=str, default="auto", choices=AMP_CHOICES,
-                        help="autocast dtype; auto = bf16 on CUDA and on CPUs with native bf16, else off "
-                             "(default: %(default)s)")
+    if amp:
+        parser.add_argument("--amp", type=str, default="auto", choices=AMP_CHOICES,
+                            help="autocast dtype; auto = bf16 on CUDA and on CPUs with native bf16, else off "
+                                 "(default: %(default)s)")
     if compile_help is not None:
-        parser.add_argument("--compile", action="store_true", help=compile_help)
+        parser.add_argument("--compile", *compile_aliases, action="store_true", dest="compile", help=compile_help)
 
 
 def check_seed(seed: int):
@@ -113,6 +130,33 @@ def resolve_amp_dtype(amp: str, device):
     if amp == "fp16" and device.type == "cpu":
         raise InputError("--amp fp16 needs a CUDA GPU; use bf16 or off on the CPU")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]):
+    """write(file) into a temp file beside path, fsync, then rename over path. An OSError (disk full,
+    folder gone) removes the temp file, leaves the old path as it was and raises WriteError (exit 74)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(err, OSError) and not isinstance(err, ScriptError):
+            raise WriteError(path, err) from None
+        raise
+
+
+def write_bytes(path: Path, data: bytes):
+    atomic_write(path, lambda f: f.write(data))
+
+
+def write_json(path: Path, value):
+    write_bytes(path, json.dumps(value, indent=1).encode())
 
 
 def run_main(prog: str, main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:

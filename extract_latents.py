@@ -11,18 +11,17 @@ vector of encoder_hidden_dim channels per frame.
 - `metadata.csv`: clip, cell_id, label, frame_indices / hours / phase (`|`-joined), then every other
   column of the index row (patient_id, split, ...); `info.json`: checkpoint, settings and timing.
 
-`--mode trajectory` writes `OUT/trajectories/`: every `--stride`-th frame of each whole recording, streamed
+`--mode trajectory` writes `OUT/trajectories/`: every `--frame_step`-th frame of each whole recording, streamed
 through the encoder `--chunk_len` frames at a time with the recurrent state carried over (identical to one
 pass), one file per embryo as it goes, so memory stays bounded by one recording:
 - `<k>_<cell_id>.npz` with `z` (n, C), `frame_indices` (n,), `hours` (n,) (NaN unknown), `phase` (n,)
   ('' unknown), and with `--save_z_seq` `z_full` (n, C, h, w);
-- `metadata.csv` (file, cell_id, label, n_frames, total_frames, stride, index columns) and `info.json`.
+- `metadata.csv` (file, cell_id, label, n_frames, total_frames, frame_step, index columns) and `info.json`.
 Frames of a trajectory are normalised over the whole recording (training normalised each clip).
 """
 
 import argparse
 import json
-import pickle
 import re
 import sys
 import time
@@ -35,18 +34,11 @@ from numpy.lib.format import open_memmap
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cli import InputError, resolve_device
-from dataset_ivf import IVFSequenceDataset
+import cli
+from cli import CLIPS_DIR, METADATA_CSV, TRAJECTORY_DIR, InputError
+from dataset_ivf import DataConfig, IVFSequenceDataset, add_data_args
+from index_csv import SPLITS
 from model import ConvLSTMAutoencoder, load_model
-
-TRAJECTORY_DIR = "trajectories"
-CLIPS_DIR = "clips"
-METADATA_CSV = "metadata.csv"
-DATASET_DEFAULTS = {"seq_len": 20, "sampling": "uniform", "normalize": "minmax01"}
-
-
-class ExtractError(ValueError):
-    """Bad checkpoint or arguments; the message names the file and what to do."""
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -86,27 +78,17 @@ def _metadata_row(fixed: dict, extra: dict) -> dict:
 
 
 def build_dataset(args: argparse.Namespace, checkpoint: dict, image_size: int) -> IVFSequenceDataset:
-    """The evaluation dataset: flags where given, else the checkpoint's training arguments, else defaults."""
-    train_args = checkpoint.get("args") or {}
-
-    def pick(name):  # flag, else the checkpoint's training value, else the dataset default
-        value = getattr(args, name)
-        return value if value is not None else train_args.get(name, DATASET_DEFAULTS.get(name))
-
-    def existing_dir(name):
-        value = pick(name)
-        return value if value and Path(value).is_dir() else None
-
-    # The training run's cache folder may be a cluster path: inherit only whether the cache was off.
-    trained_cache = str(train_args.get("cache_dir", "auto")).lower()
-    cache_dir = args.cache_dir or ("off" if trained_cache in ("off", "none", "") else "auto")
-    return IVFSequenceDataset(
-        args.index_csv, seq_len=int(pick("seq_len")), image_size=image_size,
-        split=None if args.split == "all" else args.split, sampling=pick("sampling"),
-        normalize=pick("normalize"), augment=False, cache_dir=cache_dir,
-        skip_bad=args.skip_bad, annotations_dir=existing_dir("annotations_dir"), training=False,
-        val_fraction=float(train_args.get("val_fraction", 0.2)), seed=int(train_args.get("seed", 0)),
-    )
+    """The evaluation dataset: the training run's DataConfig with the flags given here on top. The run's
+    cache folder and annotations may be cluster paths: the cache is inherited only as on/off, the
+    annotations only when that folder exists here."""
+    config = DataConfig.from_checkpoint(checkpoint)
+    given = {k: getattr(args, k) for k in ("seq_len", "sampling", "normalize", "annotations_dir", "cache_dir")
+             if getattr(args, k) is not None}
+    given.setdefault("cache_dir", "off" if str(config.cache_dir).lower() in ("none", "off", "") else "auto")
+    if "annotations_dir" not in given and not (config.annotations_dir and Path(config.annotations_dir).is_dir()):
+        given["annotations_dir"] = None
+    return IVFSequenceDataset(args.index_csv, config, split=None if args.split == "all" else args.split,
+                              training=False, augment=False, skip_bad=args.skip_bad, image_size=image_size, **given)
 
 
 def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: Path, args) -> dict:
@@ -158,7 +140,7 @@ def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: 
 
 
 def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: Path, args) -> dict:
-    """Whole recordings, every stride-th frame, one .npz per embryo in out/trajectories (written as it goes)."""
+    """Whole recordings, every frame_step-th frame, one .npz per embryo in out/trajectories (written as it goes)."""
     folder = out / TRAJECTORY_DIR
     folder.mkdir(parents=True, exist_ok=True)
     rows, seen, skipped, duplicates = [], set(), [], 0
@@ -171,7 +153,7 @@ def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset
             continue
         seen.add(dataset.recording(i))
         total = dataset.num_frames(i)
-        positions = np.arange(0, total, args.stride, dtype=np.int64)
+        positions = np.arange(0, total, args.frame_step, dtype=np.int64)
         try:
             frames = torch.from_numpy(dataset.load_frames(i, positions))  # (n, 1, H, W)
         except InputError as error:
@@ -192,81 +174,55 @@ def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset
             arrays["z_full"] = full.numpy()
         np.savez(folder / name, **arrays)
         rows.append(_metadata_row({"file": name, "cell_id": cell_id, "label": int(meta["label"]),
-                                   "n_frames": len(positions), "total_frames": total, "stride": args.stride},
+                                   "n_frames": len(positions), "total_frames": total, "frame_step": args.frame_step},
                                   meta))
     if not rows:
         raise InputError(f"{args.index_csv}: no recording could be read (skipped {len(skipped)})")
     pd.DataFrame(rows).to_csv(folder / METADATA_CSV, index=False)
-    return {"n_embryos": len(rows), "skipped": skipped, "duplicate_rows": duplicates, "stride": args.stride,
+    return {"n_embryos": len(rows), "skipped": skipped, "duplicate_rows": duplicates, "frame_step": args.frame_step,
             "chunk_len": args.chunk_len, "frames_encoded": frames_encoded, "encode_s": encode_s}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.OneLineParser(prog="extract_latents.py", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=str, required=True,
                         help="checkpoint written by train.py (best.pt, last.pt, ...) (required; no default)")
-    parser.add_argument("--index_csv", type=str, required=True, help="index.csv of the recordings (required)")
     parser.add_argument("--out", type=str, required=True,
                         help="output folder; clips/ or trajectories/ inside it is (over)written (required)")
     parser.add_argument("--mode", type=str, default="clips", choices=["clips", "trajectory"],
                         help="clips: one evaluation clip per row; trajectory: whole recordings (default: clips)")
-    parser.add_argument("--stride", type=int, default=1,
-                        help="trajectory mode: encode every K-th frame of each recording (default: 1)")
+    parser.add_argument("--frame_step", "--stride", type=int, default=1, dest="frame_step",
+                        help="trajectory mode: encode every K-th frame of each recording (--stride is the old name) "
+                             "(default: 1)")
     parser.add_argument("--chunk_len", type=int, default=64,
                         help="trajectory mode: frames per encoder call, state carried between calls (default: 64)")
     parser.add_argument("--save_z_seq", action="store_true",
                         help="also save unpooled latents (clips: z_last, z_seq; trajectory: z_full); large "
                              "(default: off)")
     parser.add_argument("--batch_size", type=int, default=16, help="clips mode: clips per batch (default: 16)")
-    parser.add_argument("--num_workers", type=int, default=2,
-                        help="clips mode: DataLoader worker processes (default: 2)")
-    parser.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"],
-                        help="auto = CUDA when available (default: auto)")
-    parser.add_argument("--split", type=str, default="all", choices=["all", "train", "val", "test"],
+    parser.add_argument("--split", type=str, default="all", choices=("all",) + SPLITS,
                         help="rows to encode; train/val use the checkpoint's val_fraction and seed when the "
                              "CSV has no split column (default: all)")
-    parser.add_argument("--seq_len", type=int, default=None,
-                        help="clips mode: frames per clip (default: None = the checkpoint's, else 20)")
-    parser.add_argument("--sampling", type=str, default=None, choices=["uniform", "window"],
-                        help="clips mode: frame sampling (default: None = the checkpoint's, else uniform)")
-    parser.add_argument("--normalize", type=str, default=None, choices=["minmax01", "none", "zscore"],
-                        help="frame normalisation (default: None = the checkpoint's, else minmax01)")
-    parser.add_argument("--annotations_dir", type=str, default=None,
-                        help="folder with <embryo>_phases.csv / <embryo>_timeElapsed.csv (default: None = the "
-                             "checkpoint's when that folder exists, else none)")
-    parser.add_argument("--cache_dir", type=str, default=None,
-                        help="decoded-frame cache folder; auto = .ivf_cache beside index.csv, off = decode on every "
-                             "read (default: None = auto, or off when training ran without a cache)")
-    parser.add_argument("--skip_bad", action="store_true",
-                        help="skip unreadable recordings with a warning instead of stopping (default: off)")
+    cli.add_device_args(parser, amp=False)
+    add_data_args(parser, from_checkpoint=True)
     return parser
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for name in ("stride", "chunk_len", "batch_size"):
+    for name in ("frame_step", "chunk_len", "batch_size"):
         if getattr(args, name) < 1:
-            raise ExtractError(f"--{name} must be at least 1, got {getattr(args, name)}")
+            raise cli.InputError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.num_workers < 0:
-        raise ExtractError(f"--num_workers must be >= 0, got {args.num_workers}")
+        raise cli.InputError(f"--num_workers must be >= 0, got {args.num_workers}")
     if args.seq_len is not None and args.seq_len < 1:
-        raise ExtractError(f"--seq_len must be at least 1, got {args.seq_len}")
-    if not Path(args.checkpoint).is_file():
-        raise ExtractError(f"{args.checkpoint}: checkpoint not found; pass a .pt file written by train.py")
+        raise cli.InputError(f"--seq_len must be at least 1, got {args.seq_len}")
 
 
 def main(args: argparse.Namespace) -> dict:
     """Extract latents as asked; returns the info dict also written to info.json."""
     check_args(args)
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        raise ExtractError(str(error)) from None
-    try:
-        model, checkpoint = load_model(args.checkpoint, map_location=device)
-    except (pickle.UnpicklingError, KeyError, RuntimeError, TypeError, ValueError, EOFError, OSError) as error:
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        raise ExtractError(f"{args.checkpoint}: not a checkpoint of this model ({type(error).__name__}: {first_line}); "
-                           "use best.pt / last.pt written by train.py") from None
+    device = cli.resolve_device(args.device)
+    model, checkpoint = load_model(args.checkpoint, map_location=device)
     dataset = build_dataset(args, checkpoint, model.config.image_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -291,13 +247,14 @@ def main(args: argparse.Namespace) -> dict:
     return info
 
 
-if __name__ == "__main__":
-    cli_args = get_args_parser().parse_args()
-    try:
-        summary = main(cli_args)
-    except (ExtractError, InputError) as err:
-        print(f"extract_latents.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+def run(args: argparse.Namespace) -> int:
+    """main(), then one line saying what was written."""
+    summary = main(args)
     print(f"{summary['frames_encoded']} frames in {summary['seconds']:.1f} s "
           f"({summary['frames_per_s']:.1f} frames/s, encoder alone {summary['encode_frames_per_s']:.1f}) -> "
-          f"{Path(cli_args.out) / (CLIPS_DIR if cli_args.mode == 'clips' else TRAJECTORY_DIR)}")
+          f"{Path(args.out) / (CLIPS_DIR if args.mode == 'clips' else TRAJECTORY_DIR)}")
+    return cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main("extract_latents.py", run, get_args_parser().parse_args()))

@@ -1,13 +1,18 @@
-"""Decoding embryo recordings: image folders, video files and TIFF stacks; natural sort; naming conventions.
+"""Reading embryo recordings: image folders, video files and TIFF stacks; natural sort; naming conventions;
+the decoded-frame cache.
 
 No torch here: build_index.py and the analysis import it. Every decoder returns gray frames (N, size, size)
 (uint8, or uint16 for 16-bit sources) centre-cropped to a square, and raises `BadFile` naming the file.
 """
+import hashlib
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from cli import InputError, atomic_write
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mkv")
@@ -181,3 +186,115 @@ def decode_tiff(path, size):
     if not ok or not pages:
         raise BadFile(path, "cannot read TIFF stack (damaged or not a TIFF)")
     return stack_frames([_square_resize(_to_gray(p, path), size) for p in pages])
+
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Recording:
+    """One recording: a frame list (a folder, or the frames clip rows name), a video file or a TIFF stack."""
+
+    kind: str  # "frames", "video", "tiff"; "missing" or "unknown" for paths that are neither
+    path: Path
+    frames: list = field(default_factory=list)
+    n: int = 0
+    max_value: float = 255.0
+    cache_file: Path | None = None
+    error: str = ""
+
+
+def recording_kind(path: Path) -> str:
+    """What a path of an index.csv video row holds."""
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        return "frames"
+    if suffix in TIFF_EXTS:
+        return "tiff"
+    if suffix in VIDEO_EXTS:
+        return "video"
+    return "missing" if not path.exists() else "unknown"
+
+
+class FrameStore:
+    """Reads recordings at one image size. With a cache folder, each recording is decoded once into
+    `<cache_dir>/<name>-<key>.npy` (keyed by path, mtime, size and image size) and memory-mapped after;
+    without one, `prepare` checks that every frame decodes (fast, reduced resolution) and reads decode."""
+
+    def __init__(self, image_size: int, cache_dir: Path | None = None):
+        self.image_size, self.cache_dir = int(image_size), cache_dir
+
+    def prepare(self, rec: Recording, pool):
+        """Fill in the frame list, count and range; decode into the cache when there is one. Raises BadFile."""
+        if rec.kind == "missing":
+            raise BadFile(rec.path, "does not exist")
+        if rec.kind == "unknown":
+            raise BadFile(rec.path, f"not a frame folder, video ({' '.join(VIDEO_EXTS)}) or TIFF stack")
+        if rec.kind == "frames":
+            if not rec.frames:
+                rec.frames = list_frames(rec.path)
+                if not rec.frames:
+                    raise BadFile(rec.path, f"no image frames ({' '.join(IMAGE_EXTS)}) directly in this "
+                                            f"folder (subfolders such as F0/ are not read)")
+            for f in rec.frames:
+                if not f.is_file():
+                    raise BadFile(f, "does not exist")
+        if self.cache_dir is None:
+            self._light_check(rec, pool)
+            return
+        name = re.sub(r"[^\w.-]", "_", rec.path.name)[:60]
+        rec.cache_file = self.cache_dir / f"{name}-{self._cache_key(rec)}.npy"
+        if rec.cache_file.exists():
+            try:
+                arr = np.load(rec.cache_file, mmap_mode="r")
+                if arr.ndim == 3 and arr.shape[1:] == (self.image_size, self.image_size) and arr.shape[0] > 0:
+                    rec.n, rec.max_value = arr.shape[0], float(np.iinfo(arr.dtype).max)
+                    return
+            except (ValueError, OSError, EOFError):
+                pass  # damaged cache file: decode again
+        arr = self._decode_all(rec, pool)
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot write the frame cache in {self.cache_dir} ({e.strerror}); pass --cache_dir "
+                             f"with a writable folder, or --cache_dir off") from None
+        atomic_write(rec.cache_file, lambda f: np.save(f, arr))
+        rec.n, rec.max_value = arr.shape[0], float(np.iinfo(arr.dtype).max)
+
+    def read(self, rec: Recording, positions: np.ndarray) -> np.ndarray:
+        """Integer frames (T, H, W) of a prepared recording at `positions`. Raises BadFile or OSError."""
+        if rec.cache_file is not None:
+            return np.asarray(np.load(rec.cache_file, mmap_mode="r")[positions])
+        if rec.kind == "video":
+            return decode_video(rec.path, self.image_size, positions)
+        if rec.kind == "tiff":
+            return decode_tiff(rec.path, self.image_size)[positions]
+        decoded = {int(p): decode_image(rec.frames[int(p)], self.image_size) for p in np.unique(positions)}
+        return stack_frames([decoded[int(p)] for p in positions])
+
+    def _cache_key(self, rec: Recording) -> str:
+        files = rec.frames if rec.kind == "frames" else [rec.path]
+        h = hashlib.sha1(f"v{CACHE_VERSION}|{self.image_size}|{rec.kind}".encode())
+        for f in files:
+            st = f.stat()
+            h.update(f"|{f}|{st.st_mtime_ns}|{st.st_size}".encode())
+        return h.hexdigest()[:16]
+
+    def _decode_all(self, rec: Recording, pool) -> np.ndarray:
+        if rec.kind == "video":
+            return decode_video(rec.path, self.image_size)
+        if rec.kind == "tiff":
+            return decode_tiff(rec.path, self.image_size)
+        return stack_frames(list(pool.map(lambda f: decode_image(f, self.image_size), rec.frames)))
+
+    def _light_check(self, rec: Recording, pool):
+        """Without a cache: check that every frame decodes, so bad rows show up at build time."""
+        if rec.kind == "video":
+            rec.n, rec.max_value = count_video_frames(rec.path), 255.0
+        elif rec.kind == "tiff":
+            arr = decode_tiff(rec.path, self.image_size)
+            rec.n, rec.max_value = arr.shape[0], float(np.iinfo(arr.dtype).max)
+        else:
+            first = decode_image(rec.frames[0], self.image_size)
+            list(pool.map(probe_image, rec.frames[1:]))
+            rec.n, rec.max_value = len(rec.frames), float(np.iinfo(first.dtype).max)

@@ -12,6 +12,8 @@ from pytorch_msssim import ms_ssim, ssim
 # of at most 7 px (the tiny configurations of the tests).
 MAX_WIN_SIZE = 11
 MS_SSIM_SCALES_DOWNSAMPLING = 16
+# The parts AutoencoderLoss returns, in the order logs and checkpoints list them (`ms_ssim` is 1 - MS-SSIM).
+LOSS_KEYS = ("total", "reconstruction", "l1", "ms_ssim", "smooth", "classification")
 
 
 def ssim_window(image_side: int) -> tuple[int, bool]:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 
+from checkpoint import load_checkpoint
+from cli import InputError
 from conv_lstm import ConvLSTM, State
 
 
@@ -29,13 +31,17 @@ class ModelConfig:
     def __post_init__(self):
         self.cnn_channels = tuple(self.cnn_channels)
         self.classifier_hidden = tuple(self.classifier_hidden)
+        for name in ("in_channels", "encoder_hidden_dim", "encoder_layers", "decoder_hidden_dim", "decoder_layers",
+                     "kernel_size", "num_classes"):
+            if not getattr(self, name) >= 1:
+                raise InputError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.image_size <= 0 or self.image_size % 8 != 0:
-            raise ValueError(f"image_size must be a positive multiple of 8 (three stride-2 stages), "
+            raise InputError(f"image_size must be a positive multiple of 8 (three stride-2 stages), "
                              f"got {self.image_size}")
         if len(self.cnn_channels) != 3:
-            raise ValueError(f"cnn_channels needs three stages, got {self.cnn_channels}")
+            raise InputError(f"cnn_channels needs three stages, got {self.cnn_channels}")
         if self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+            raise InputError(f"kernel_size must be odd, got {self.kernel_size}")
 
 
 def _conv_stage(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -198,6 +204,12 @@ def model_from_checkpoint(checkpoint: dict) -> "ConvLSTMAutoencoder":
 
 
 def load_model(path: str, map_location: str | torch.device = "cpu") -> tuple[ConvLSTMAutoencoder, dict]:
-    """Load a checkpoint file (weights_only) and return (model in eval mode, checkpoint dict)."""
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    return model_from_checkpoint(checkpoint).to(map_location).eval(), checkpoint
+    """Load and check a checkpoint file (checkpoint.load_checkpoint); return (model in eval mode, checkpoint)."""
+    checkpoint = load_checkpoint(path)
+    try:
+        model = model_from_checkpoint(checkpoint)
+    except (RuntimeError, TypeError, ValueError, AttributeError) as err:  # weights that do not fit the config
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise InputError(f"{path}: not a checkpoint of this model ({reason}); use best.pt or last.pt written by "
+                         f"train.py") from None
+    return model.to(map_location).eval(), checkpoint

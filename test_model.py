@@ -16,10 +16,21 @@ def build_model() -> ConvLSTMAutoencoder:
     return ConvLSTMAutoencoder(ModelConfig())
 
 
+def convlstm_params(input_dim: int, hidden: int, layers: int, k: int = 3) -> int:
+    """Input convolution (with bias) and hidden convolution (without) to 4 gates, per layer."""
+    return sum((dim + hidden) * 4 * hidden * k * k + 4 * hidden for dim in [input_dim] + [hidden] * (layers - 1))
+
+
 def test_parameter_count():
+    """The fixed architecture of DESIGN.md, part by part (conv weights + GroupNorm affine)."""
     model = build_model()
-    n_params = sum(p.numel() for p in model.parameters())
-    assert 10_000_000 < n_params < 20_000_000, n_params
+    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in model.named_children()}
+    cnn = sum(i * o * 9 + 2 * o for i, o in ((1, 64), (64, 128), (128, 256)))
+    deconv = sum(i * o * 16 + 2 * o for i, o in ((128, 64), (64, 32))) + 32 * 1 * 16 + 1
+    mlp = 256 * 512 + 512 + 512 * 256 + 256 + 256 * 2 + 2
+    assert counts == {"frame_encoder": cnn, "encoder": convlstm_params(256, 256, 2),
+                      "decoder": convlstm_params(256, 128, 2), "frame_decoder": deconv, "classifier": mlp}
+    assert sum(counts.values()) == 13_187_459
 
 
 def test_forward_shapes_loss_and_backward():

@@ -3,15 +3,15 @@
     python train.py --index_csv data/index.csv --num_epochs 50
     torchrun --standalone --nproc_per_node 4 train.py --index_csv data/index.csv
 
-Running the same command again continues from save_dir/last.pt. Exit codes: 0 done; 2 bad
-arguments or input (one line, nothing written); 3 non-finite loss (the last good checkpoint is
-kept); 85 stopped by SIGTERM or SIGUSR1 after writing last.pt (HTCondor's checkpoint_exit_code).
+Running the same command again continues from save_dir/last.pt. Exit codes (cli.py): 0 done; 2 bad
+arguments or input, or a save_dir in use (one line, nothing written); 3 non-finite loss (the last good
+checkpoint is kept); 74 an OS error while writing (the previous files intact); 85 stopped by SIGTERM or
+SIGUSR1 after writing last.pt (HTCondor's checkpoint_exit_code).
 On the CPU with a fixed seed, a run killed at any point and resumed ends with the same weights,
 bit for bit, as an uninterrupted run; on CUDA, cuDNN algorithm choice makes runs close, not equal.
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -28,28 +28,21 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import checkpoint as ckpt
 import cli
 import model as model_lib
 from conv_lstm import compile_gate_updates
-from dataset_ivf import IVFSequenceDataset, add_data_args
-from losses import AutoencoderLoss
+from dataset_ivf import DataConfig, IVFSequenceDataset, ResumableSampler, add_data_args, leave_process_group
+from losses import LOSS_KEYS, AutoencoderLoss
 
-EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_PREEMPTED = 2, 3, 85
-LOSS_KEYS = ("total", "reconstruction", "l1", "ms_ssim", "smooth", "classification")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are a single line (exit code 2), not a usage dump."""
-
-    def error(self, message):
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+TRAINING_LOG = "training_log.json"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="train.py", description="Train the ConvLSTM autoencoder on index.csv clips.")
+    parser = cli.OneLineParser(prog="train.py", description="Train the ConvLSTM autoencoder on index.csv clips.")
     model_lib.add_model_args(parser)
     add_data_args(parser)
     g = parser.add_argument_group("training")
@@ -75,35 +68,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume_from", type=str, default=None,
                    help="checkpoint to start from when save_dir has no last.pt yet; save_dir/last.pt, when "
                         "present, always wins so that rerunning a command continues it (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=42, help="seed of weights, split and sampling (default: %(default)s)")
-    g.add_argument("--device", type=str, default="auto", choices=cli.DEVICE_CHOICES,
-                   help="auto = CUDA when available (default: %(default)s)")
-    g.add_argument("--amp", type=str, default="auto", choices=cli.AMP_CHOICES,
-                   help="autocast dtype; auto = bf16 on CUDA and on CPUs with native bf16, else off "
-                        "(default: %(default)s)")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the ConvLSTM gate arithmetic (not the unrolled time loop): about 10%% "
-                        "faster steps after a one-off compile (default: off)")
+    cli.add_seed_arg(g)
+    cli.add_device_args(g, compile_help="torch.compile the ConvLSTM gate arithmetic (not the unrolled time loop): "
+                                        "about 10%% faster steps after a one-off compile (default: off)")
     g.add_argument("--log_every", type=int, default=10,
                    help="update the progress bar and check the loss every N steps (default: %(default)s)")
     return parser
 
 
-class BadInput(ValueError):
-    """A bad flag, file or checkpoint: reported in one line, exit code 2."""
+class NonFiniteLoss(cli.ScriptError):
+    """The training loss became NaN or inf (exit 3)."""
 
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or inf."""
-
-
-class StopSignal:
-    """Signal handler that only records SIGTERM/SIGUSR1; the loop finishes its step, then saves."""
-
-    received: str | None = None
-
-    def __call__(self, signum, frame):
-        self.received = signal.Signals(signum).name
+    exit_code = cli.EXIT_NON_FINITE
 
 
 @dataclass
@@ -115,8 +91,9 @@ class Run:
     amp_dtype: torch.dtype | None
     rank: int
     world_size: int
-    steps_per_epoch: int
-    stop: StopSignal
+    local_rank: int
+    stop: cli.StopSignal
+    steps_per_epoch: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -144,112 +121,130 @@ class EpochProgress:
     time_s: float = 0.0
 
 
-class ResumableSampler(Sampler):
-    """DistributedSampler's order for (seed, epoch), optionally skipping the batches already done."""
+@dataclass
+class Trainer:
+    """Everything a run trains, evaluates and saves."""
 
-    def __init__(self, dataset, world_size: int, rank: int, seed: int):
-        self.inner = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        self.skip = 0
-
-    def set_epoch(self, epoch: int, skip: int = 0):
-        self.inner.set_epoch(epoch)
-        self.skip = skip
-
-    def __iter__(self):
-        return iter(list(self.inner)[self.skip:])
-
-    def __len__(self):
-        return len(self.inner) - self.skip
-
-
-def leave_process_group(worker_id: int):
-    """DataLoader worker init: a SIGTERM sent to the whole process group (by `timeout`, a shell)
-    would kill the workers mid-batch; outside the group, only the main process gets it, finishes
-    its step, saves and then stops the workers itself."""
-    os.setpgid(0, 0)
+    run: Run
+    config: model_lib.ModelConfig
+    data_config: DataConfig
+    train_ds: IVFSequenceDataset
+    val_ds: IVFSequenceDataset | None
+    raw_model: torch.nn.Module
+    model: torch.nn.Module  # raw_model, or its DDP wrapper
+    loss_fn: AutoencoderLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    sampler: ResumableSampler
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    start_epoch: int = 0
+    best: float = math.inf
+    history: list | None = None
+    partial: dict | None = None  # position inside the interrupted epoch, from a mid-epoch last.pt
 
 
 def check_args(args):
-    """Flag values that argparse cannot check; raises BadInput."""
+    """Flag values that argparse cannot check; raises cli.InputError."""
     lowest = {**dict.fromkeys(("batch_size", "num_epochs", "save_every", "log_every", "seq_len"), 1),
               **dict.fromkeys(("weight_decay", "warmup_epochs", "grad_clip", "l1_weight", "ms_ssim_weight",
                                "smooth_weight", "cls_weight", "num_workers"), 0)}
     for name, low in lowest.items():
         if not getattr(args, name) >= low:
-            raise BadInput(f"--{name} must be >= {low}, got {getattr(args, name)}")
+            raise cli.InputError(f"--{name} must be >= {low}, got {getattr(args, name)}")
     if not args.learning_rate > 0:
-        raise BadInput(f"--learning_rate must be > 0, got {args.learning_rate}")
-    if not 0 <= args.val_fraction < 1:
-        raise BadInput(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
+        raise cli.InputError(f"--learning_rate must be > 0, got {args.learning_rate}")
     for flag, folder in (("--save_dir", args.save_dir), ("--log_dir", args.log_dir)):
         probe = Path(folder).absolute()
         while not probe.exists():
             probe = probe.parent
         if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-            raise BadInput(f"{flag} {folder} cannot be written ({probe} is not a writable folder); choose another")
+            raise cli.InputError(f"{flag} {folder} cannot be written ({probe} is not a writable folder); "
+                                 f"choose another")
 
 
-def load_resume_checkpoint(args, config: model_lib.ModelConfig) -> tuple[dict | None, Path | None]:
-    """The checkpoint to continue from, checked against the flags: save_dir/last.pt when it exists
-    (so that the same command continues after a preemption), else --resume_from."""
-    path = Path(args.save_dir) / "last.pt"
-    if not path.is_file():
-        if not args.resume_from:
-            return None, None
-        path = Path(args.resume_from)
-        if not path.is_file():
-            raise BadInput(f"--resume_from {path}: file not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say which, whatever the unpickler raised
-        raise BadInput(f"{path}: cannot read checkpoint ({type(err).__name__}); move it away") from err
-    saved = json.loads(json.dumps(checkpoint.get("model_config", {})))
-    wanted = json.loads(json.dumps(asdict(config)))
-    diff = [f"{k}={saved.get(k)} in the checkpoint, {wanted.get(k)} from the flags"
-            for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
-    if diff:
-        raise BadInput(f"{path} has another model config ({'; '.join(diff)}); pass the same model flags "
-                       f"or use a new --save_dir")
-    return checkpoint, path
+def build_datasets(args, data_config: DataConfig) -> tuple[IVFSequenceDataset, IVFSequenceDataset | None]:
+    """Train and val datasets; labels checked against the classifier."""
+    train_ds = IVFSequenceDataset(args.index_csv, data_config, split="train")
+    val_ds = IVFSequenceDataset(args.index_csv, data_config, split="val", augment=False) \
+        if data_config.val_fraction > 0 else None
+    if args.use_classifier:
+        for row in (r for ds in (train_ds, val_ds) if ds is not None for r in ds.rows):
+            if row.label >= args.num_classes:
+                raise cli.InputError(f"{args.index_csv} line {row.line} ({row.cell_id}): label {row.label} is not "
+                                     f"below --num_classes {args.num_classes}")
+    return train_ds, val_ds
 
 
-def rng_state(device: torch.device) -> dict:
-    """RNG states as plain tensors/lists, so that weights_only=True loads them."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-            "python": [version, list(py_state), gauss]}
+def lr_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to 0 at the last step."""
+    total_steps = max(total_steps, 1)
+
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def set_rng_state(state: dict, device: torch.device):
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, py_state, gauss = state["python"]
-    random.setstate((version, tuple(py_state), gauss))
+def set_up(args, run: Run, config, data_config, train_ds, val_ds) -> Trainer:
+    """Model (same initial weights on every rank), loss, loaders, optimizer, schedule and scaler."""
+    torch.manual_seed(args.seed)
+    raw_model = model_lib.ConvLSTMAutoencoder(config).to(run.device)
+    torch.manual_seed(args.seed + run.rank)
+    np.random.seed((args.seed + run.rank) % 2**32)
+    random.seed(args.seed + run.rank)
+    model = raw_model
+    if run.world_size > 1:
+        model = DistributedDataParallel(raw_model, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
+    if args.compile:
+        compile_gate_updates(raw_model)
+    loss_fn = AutoencoderLoss(args.l1_weight, args.ms_ssim_weight, args.smooth_weight,
+                              args.cls_weight if args.use_classifier else 0.0).to(run.device)
+    loader_kw = dict(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=run.device.type == "cuda",
+                     persistent_workers=args.num_workers > 0, worker_init_fn=leave_process_group,
+                     generator=torch.Generator().manual_seed(args.seed))
+    sampler = ResumableSampler(train_ds, run.world_size, run.rank, args.seed)
+    train_loader = DataLoader(train_ds, sampler=sampler, **loader_kw)
+    val_loader = DataLoader(val_ds, sampler=list(range(run.rank, len(val_ds), run.world_size)), **loader_kw) \
+        if val_ds is not None else None
+    run.steps_per_epoch = math.ceil(len(sampler.inner) / args.batch_size)
+    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
+                                  fused=True)  # one kernel for all parameters (CPU and CUDA)
+    scheduler = lr_schedule(optimizer, args.warmup_epochs * run.steps_per_epoch, args.num_epochs * run.steps_per_epoch)
+    scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
+    return Trainer(run, config, data_config, train_ds, val_ds, raw_model, model, loss_fn, optimizer, scheduler,
+                   scaler, sampler, train_loader, val_loader, history=[])
 
 
-def save_atomic(write, path: Path):
-    """write(file) into a temp file in path's folder, fsync, then rename over path."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def weights_digest(state_dict: dict) -> str:
-    """sha256 over the names and bytes of a state dict's tensors."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(state_dict.items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def resume(t: Trainer, checkpoint: dict, path: Path):
+    """Load weights, optimizer, schedule, scaler and RNG states; keep the log entries up to that epoch."""
+    run = t.run
+    t.raw_model.load_state_dict(checkpoint["model_state_dict"])
+    t.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+    t.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
+    if t.scaler.is_enabled() and checkpoint["scaler_state_dict"]:
+        t.scaler.load_state_dict(checkpoint["scaler_state_dict"])
+    t.start_epoch, t.best = checkpoint["epoch"], checkpoint["best_val_loss"]
+    t.partial = checkpoint.get("partial_epoch")
+    states = checkpoint["rng_state"]
+    if len(states) == run.world_size:
+        ckpt.set_rng_state(states[run.rank], run.device)
+    elif t.partial is not None:  # another number of processes: the saved position no longer applies
+        if run.is_main:
+            print(f"Checkpoint written by {len(states)} processes, now {run.world_size}: epoch "
+                  f"{t.start_epoch + 1} restarts from its first step", flush=True)
+        t.partial = None
+    log_path = Path(run.args.log_dir) / TRAINING_LOG
+    if log_path.is_file():
+        t.history = [e for e in json.loads(log_path.read_text()) if e["epoch"] <= t.start_epoch]
+    if run.is_main:
+        where = f"epoch {t.start_epoch}" + (f", step {t.partial['step']}" if t.partial else "")
+        resume_from = run.args.resume_from
+        ignored = f"; --resume_from {resume_from} ignored" if resume_from and path != Path(resume_from) else ""
+        print(f"Resuming from {path} ({where}, global step {checkpoint['global_step']}{ignored})", flush=True)
 
 
 def save_reconstruction(raw_model, clip: torch.Tensor, path: Path, run: Run):
@@ -259,7 +254,8 @@ def save_reconstruction(raw_model, clip: torch.Tensor, path: Path, run: Run):
         recon = raw_model(clip[None].to(run.device))["reconstruction"][0].float().cpu()  # (T, 1, H, W)
     rows = [torch.cat(list(video[:, 0]), dim=1) for video in (clip, recon)]  # each (H, T*W)
     image = (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    cv2.imwrite(str(path), image)
+    ok, png = cv2.imencode(".png", image)
+    cli.write_bytes(path, png.tobytes())
 
 
 def check_finite(bad_step: torch.Tensor, epoch: int, run: Run):
@@ -274,34 +270,41 @@ def check_finite(bad_step: torch.Tensor, epoch: int, run: Run):
                             f"(try a lower --learning_rate or --amp off)")
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, run: Run, epoch: int,
-                    progress: EpochProgress) -> bool:
-    """Train over loader from progress.step on; returns True when a stop signal cut the epoch short."""
-    model.train()
+def train_step(model, video, labels, loss_fn, optimizer, scaler, autocast, grad_clip: float) -> dict:
+    """One optimisation step: forward under autocast, fp32 loss, scaled backward, clipping, optimizer step.
+    Returns the loss parts (fp32 scalars on the device). bench.py times this very function."""
+    with autocast:
+        output = model(video)  # reconstruction (B, T, 1, H, W), z_seq, z_last[, logits]
+    parts = loss_fn(output, video, labels)  # computed outside autocast
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(parts["total"]).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return parts
+
+
+def train_one_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> bool:
+    """Train over the loader from progress.step on; returns True when a stop signal cut the epoch short."""
+    run, args = t.run, t.run.args
+    t.model.train()
     bad_step = torch.full((), -1, dtype=torch.long, device=run.device)
-    bar = tqdm(loader, desc=f"epoch {epoch}/{run.args.num_epochs}", initial=progress.step,
+    bar = tqdm(t.train_loader, desc=f"epoch {epoch}/{args.num_epochs}", initial=progress.step,
                total=run.steps_per_epoch, disable=None if run.is_main else True, dynamic_ncols=True, leave=False)
     start, stop = time.perf_counter(), False
     for batch in bar:
         video = batch["video"].to(run.device, non_blocking=True)  # (B, T, 1, H, W)
-        labels = batch["label"].to(run.device, non_blocking=True) if run.args.use_classifier else None
-        with run.autocast():
-            output = model(video)
-        parts = loss_fn(output, video, labels)  # fp32 scalars, computed outside autocast
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(parts["total"]).backward()
-        if run.args.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), run.args.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        labels = batch["label"].to(run.device, non_blocking=True) if args.use_classifier else None
+        parts = train_step(t.model, video, labels, t.loss_fn, t.optimizer, t.scaler, run.autocast(), args.grad_clip)
+        t.scheduler.step()
         losses = torch.stack([parts[k].detach().float() for k in LOSS_KEYS])  # stays on device: no sync
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(losses).all(), progress.step, bad_step)
         progress.sums += losses
         progress.step += 1
         progress.clips += video.shape[0] * run.world_size
-        log_point = progress.step % run.args.log_every == 0
+        log_point = progress.step % args.log_every == 0
         # one process: a flag check each step; DDP: all ranks agree at log points (no per-step host sync)
         stop = run.stop_requested() if run.world_size == 1 or log_point else False
         if stop or log_point:
@@ -317,16 +320,17 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, run: R
 
 
 @torch.no_grad()
-def evaluate(raw_model, loader, loss_fn, run: Run) -> dict:
+def evaluate(t: Trainer) -> dict:
     """Mean validation losses over all ranks, keys prefixed with val_."""
-    raw_model.eval()
+    run = t.run
+    t.raw_model.eval()
     sums = torch.zeros(len(LOSS_KEYS) + 1, device=run.device)  # clip-weighted sums, then the clip count
-    for batch in loader:
+    for batch in t.val_loader:
         video = batch["video"].to(run.device, non_blocking=True)  # (B, T, 1, H, W)
         labels = batch["label"].to(run.device, non_blocking=True) if run.args.use_classifier else None
         with run.autocast():
-            output = raw_model(video)
-        parts = loss_fn(output, video, labels)
+            output = t.raw_model(video)
+        parts = t.loss_fn(output, video, labels)
         sums[:-1] += torch.stack([parts[k].float() for k in LOSS_KEYS]) * video.shape[0]
         sums[-1] += video.shape[0]
     if run.world_size > 1:
@@ -335,190 +339,140 @@ def evaluate(raw_model, loader, loss_fn, run: Run) -> dict:
     return {f"val_{k}": v for k, v in zip(LOSS_KEYS, values, strict=True)}
 
 
-def main(args) -> int:
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    try:  # everything that can be wrong with the input is found before anything is written
-        check_args(args)
-        config = model_lib.config_from_args(args)
-        device = cli.resolve_device(args.device)
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-        amp_dtype = cli.resolve_amp_dtype(args.amp, device)
-        checkpoint, checkpoint_path = load_resume_checkpoint(args, config)
-        data_kw = dict(seq_len=args.seq_len, image_size=args.image_size, sampling=args.sampling,
-                       normalize=args.normalize, cache_dir=args.cache_dir, skip_bad=args.skip_bad,
-                       annotations_dir=args.annotations_dir, val_fraction=args.val_fraction, seed=args.seed)
-        train_ds = IVFSequenceDataset(args.index_csv, split="train", augment=args.augment, **data_kw)
-        val_ds = IVFSequenceDataset(args.index_csv, split="val", **data_kw) if args.val_fraction > 0 else None
-        if args.use_classifier:
-            for row in (r for ds in (train_ds, val_ds) if ds is not None for r in ds.rows):
-                if row.label >= args.num_classes:
-                    raise BadInput(f"{args.index_csv} line {row.line} ({row.cell_id}): label {row.label} is not "
-                                   f"below --num_classes {args.num_classes}")
-    except ValueError as err:  # BadInput, DataError and the config/device checks
-        print(f"train.py: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+def save(t: Trainer, paths: list[Path], epoch: int, losses: dict, progress: EpochProgress | None = None):
+    """Every rank calls this (RNG states are gathered); rank 0 serialises once and writes each path."""
+    run = t.run
+    states = [ckpt.rng_state(run.device)]
+    if run.world_size > 1:
+        states = [None] * run.world_size
+        dist.all_gather_object(states, ckpt.rng_state(run.device))
+    if run.is_main:
+        ckpt.save_checkpoint({
+            "model_state_dict": t.raw_model.state_dict(), "optimizer_state_dict": t.optimizer.state_dict(),
+            "scheduler_state_dict": t.scheduler.state_dict(), "scaler_state_dict": t.scaler.state_dict(),
+            "epoch": epoch, "global_step": t.scheduler.last_epoch, "best_val_loss": t.best, "losses": losses,
+            "model_config": asdict(t.config), "data_config": t.data_config.to_dict(), "args": vars(run.args),
+            "rng_state": states,
+            "partial_epoch": None if progress is None else {**vars(progress), "sums": progress.sums.tolist()},
+        }, paths)
+    if run.world_size > 1:
+        dist.barrier()  # nobody exits (and makes torchrun stop the others) before the files are written
 
-    if world_size > 1:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
+
+def end_of_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> dict:
+    """Validate, log, write the PNG and the checkpoints of a finished epoch; returns the log entry."""
+    run, args = t.run, t.run.args
+    start = time.perf_counter()
+    sums = progress.sums.clone()
+    if run.world_size > 1:
+        dist.all_reduce(sums)
+    entry = {"epoch": epoch, "lr": t.scheduler.get_last_lr()[0],
+             **dict(zip(LOSS_KEYS, (sums / (progress.step * run.world_size)).tolist(), strict=True))}
+    entry.update(evaluate(t) if t.val_loader is not None else {f"val_{k}": None for k in LOSS_KEYS})
+    epoch_time = progress.time_s + time.perf_counter() - start
+    entry.update(epoch_time_s=epoch_time, clips_per_s=progress.clips / max(progress.time_s, 1e-9),
+                 global_step=t.scheduler.last_epoch)
+    t.history.append(entry)
+    score = entry["val_total"] if entry["val_total"] is not None else entry["total"]
+    save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
+    paths = [save_dir / "last.pt"]
+    if epoch % args.save_every == 0 or epoch == args.num_epochs:
+        paths.insert(0, save_dir / f"checkpoint_epoch_{epoch}.pt")
+    if score < t.best:
+        t.best = score
+        paths.insert(0, save_dir / "best.pt")
+    if run.is_main:
+        cli.write_json(log_dir / TRAINING_LOG, t.history)
+        fixed_clip = (t.val_ds or t.train_ds)[0]["video"]
+        save_reconstruction(t.raw_model, fixed_clip, log_dir / f"recon_epoch_{epoch}.png", run)
+    save(t, paths, epoch, entry)  # last.pt last: when it says epoch N, every file of epoch N exists
+    if run.is_main:
+        val = f"{entry['val_total']:.4f}" if entry["val_total"] is not None else "-"
+        print(f"epoch {epoch}/{args.num_epochs}  train {entry['total']:.4f}  val {val}  "
+              f"lr {entry['lr']:.2e}  {epoch_time:.1f} s  {entry['clips_per_s']:.1f} clips/s", flush=True)
+    return entry
+
+
+def fit(t: Trainer) -> int:
+    """Train from t.start_epoch to --num_epochs; returns the exit code."""
+    run, args = t.run, t.run.args
+    save_dir = Path(args.save_dir)
+    for epoch in range(t.start_epoch + 1, args.num_epochs + 1):
+        progress = EpochProgress(0, torch.zeros(len(LOSS_KEYS), device=run.device)) if t.partial is None else \
+            EpochProgress(**{**t.partial, "sums": torch.tensor(t.partial["sums"], device=run.device)})
+        t.partial = None
+        t.train_ds.set_epoch(epoch)
+        t.sampler.set_epoch(epoch, skip=progress.step * args.batch_size)
+        if train_one_epoch(t, epoch, progress):
+            means = dict(zip(LOSS_KEYS, (progress.sums / max(progress.step, 1)).tolist(), strict=True))
+            save(t, [save_dir / "last.pt"], epoch - 1, means, progress)
+            if run.is_main:
+                print(f"{run.stop.received}: saved {save_dir / 'last.pt'} at epoch {epoch}, step {progress.step}; "
+                      f"exit {cli.EXIT_STOPPED}", flush=True)
+            return cli.EXIT_STOPPED
+        end_of_epoch(t, epoch, progress)
+        if run.stop_requested() and epoch < args.num_epochs:
+            if run.is_main:
+                print(f"{run.stop.received}: saved {save_dir / 'last.pt'} after epoch {epoch}; "
+                      f"exit {cli.EXIT_STOPPED}", flush=True)
+            return cli.EXIT_STOPPED
+    if run.world_size > 1:  # DDP keeps the replicas equal: check it once, at the end
+        digests = [None] * run.world_size
+        dist.all_gather_object(digests, ckpt.weights_digest(t.raw_model.state_dict()))
+        same = len(set(digests)) == 1
+        if run.is_main:
+            print(f"DDP: weights sha256 {digests[0][:16]} on ranks {list(range(run.world_size))}: "
+                  f"{'identical' if same else 'DIFFERENT'}", flush=True)
+        return cli.EXIT_OK if same else 1
+    return cli.EXIT_OK
+
+
+def train(args, run: Run) -> int:
+    """Check everything, then set up, resume and fit. Nothing is written before the input is known good."""
+    check_args(args)
+    cli.check_seed(args.seed)
+    config = model_lib.config_from_args(args)
+    data_config = DataConfig.from_args(args)
+    if run.device.type == "cuda":
+        run.device = torch.device("cuda", run.local_rank)
+    run.amp_dtype = cli.resolve_amp_dtype(args.amp, run.device)
+    checkpoint, checkpoint_path = ckpt.find_resume_checkpoint(args.save_dir, args.resume_from, asdict(config))
+    train_ds, val_ds = build_datasets(args, data_config)
+    if run.world_size > 1:
+        if run.device.type == "cuda":
+            torch.cuda.set_device(run.device)
+        dist.init_process_group("nccl" if run.device.type == "cuda" else "gloo")
+    if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    stop = StopSignal()
-    previous_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGUSR1)}
     save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
-    if rank == 0:
+    if run.is_main:
         save_dir.mkdir(parents=True, exist_ok=True)
         log_dir.mkdir(parents=True, exist_ok=True)
         splits = [ds.metadata(i) for ds in (train_ds, val_ds) if ds is not None for i in range(len(ds))]
-        save_atomic(lambda f: pd.DataFrame(splits).to_csv(f, index=False), log_dir / "split.csv")
+        cli.atomic_write(log_dir / "split.csv", lambda f: f.write(pd.DataFrame(splits).to_csv(index=False).encode()))
+    t = set_up(args, run, config, data_config, train_ds, val_ds)
+    if checkpoint is not None:
+        resume(t, checkpoint, checkpoint_path)
+    if t.start_epoch >= args.num_epochs:
+        if run.is_main:
+            print(f"Training already finished ({t.start_epoch} of {args.num_epochs} epochs in {checkpoint_path}); "
+                  f"raise --num_epochs to train longer", flush=True)
+        return cli.EXIT_OK
+    return fit(t)
+
+
+def main(args) -> int:
+    stop = cli.StopSignal()
+    previous_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     try:
-        torch.manual_seed(args.seed)  # the same initial weights on every rank
-        raw_model = model_lib.ConvLSTMAutoencoder(config).to(device)
-        torch.manual_seed(args.seed + rank)
-        np.random.seed(args.seed + rank)
-        random.seed(args.seed + rank)
-        model = DistributedDataParallel(raw_model, device_ids=[local_rank] if device.type == "cuda" else None) \
-            if world_size > 1 else raw_model
-        if args.compile:
-            compile_gate_updates(raw_model)
-        loss_fn = AutoencoderLoss(args.l1_weight, args.ms_ssim_weight, args.smooth_weight,
-                                  args.cls_weight if args.use_classifier else 0.0).to(device)
-
-        loader_kw = dict(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=device.type == "cuda",
-                         persistent_workers=args.num_workers > 0, worker_init_fn=leave_process_group,
-                         generator=torch.Generator().manual_seed(args.seed))
-        sampler = ResumableSampler(train_ds, world_size, rank, args.seed)
-        train_loader = DataLoader(train_ds, sampler=sampler, **loader_kw)
-        val_loader = DataLoader(val_ds, sampler=list(range(rank, len(val_ds), world_size)), **loader_kw) \
-            if val_ds is not None else None
-        steps_per_epoch = math.ceil(len(sampler.inner) / args.batch_size)
-        run = Run(args, device, amp_dtype, rank, world_size, steps_per_epoch, stop)
-
-        optimizer = torch.optim.AdamW(raw_model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
-                                      fused=True)  # one kernel for all parameters (CPU and CUDA)
-        warmup, total = args.warmup_epochs * steps_per_epoch, max(args.num_epochs * steps_per_epoch, 1)
-
-        def lr_factor(step):  # linear warm-up, then cosine decay to 0 at the last step
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-        start_epoch, best, history, partial = 0, math.inf, [], None
-        if checkpoint is not None:
-            raw_model.load_state_dict(checkpoint["model_state_dict"])
-            optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-            scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
-            if scaler.is_enabled() and checkpoint["scaler_state_dict"]:
-                scaler.load_state_dict(checkpoint["scaler_state_dict"])
-            start_epoch, best = checkpoint["epoch"], checkpoint["best_val_loss"]
-            partial = checkpoint.get("partial_epoch")
-            states = checkpoint["rng_state"]
-            if len(states) == world_size:
-                set_rng_state(states[rank], device)
-            elif partial is not None:  # another number of processes: the saved position no longer applies
-                if run.is_main:
-                    print(f"Checkpoint written by {len(states)} processes, now {world_size}: epoch "
-                          f"{start_epoch + 1} restarts from its first step", flush=True)
-                partial = None
-            log_path = log_dir / "training_log.json"
-            if log_path.is_file():
-                history = [e for e in json.loads(log_path.read_text()) if e["epoch"] <= start_epoch]
-            if run.is_main:
-                where = f"epoch {start_epoch}" + (f", step {partial['step']}" if partial else "")
-                ignored = f"; --resume_from {args.resume_from} ignored" if args.resume_from and \
-                    checkpoint_path != Path(args.resume_from) else ""
-                print(f"Resuming from {checkpoint_path} ({where}, global step {checkpoint['global_step']}{ignored})",
-                      flush=True)
-        if start_epoch >= args.num_epochs:
-            if run.is_main:
-                print(f"Training already finished ({start_epoch} of {args.num_epochs} epochs in {checkpoint_path}); "
-                      f"raise --num_epochs to train longer", flush=True)
-            return 0
-        fixed_clip = (val_ds or train_ds)[0]["video"] if run.is_main else None
-
-        def save(paths, epoch, losses, progress=None):
-            """Every rank calls this (RNG states are gathered); rank 0 writes each path atomically."""
-            states = [rng_state(device)]
-            if world_size > 1:
-                states = [None] * world_size
-                dist.all_gather_object(states, rng_state(device))
-            if run.is_main:
-                state = {"model_state_dict": raw_model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
-                         "scheduler_state_dict": scheduler.state_dict(), "scaler_state_dict": scaler.state_dict(),
-                         "epoch": epoch, "global_step": scheduler.last_epoch, "best_val_loss": best,
-                         "losses": losses, "model_config": asdict(config), "args": vars(args), "rng_state": states,
-                         "partial_epoch": None if progress is None  # the position inside an epoch
-                         else {**vars(progress), "sums": progress.sums.tolist()}}
-                for path in paths:
-                    save_atomic(lambda f, s=state: torch.save(s, f), path)
-            if world_size > 1:
-                dist.barrier()  # nobody exits (and makes torchrun stop the others) before the files are written
-
-        for epoch in range(start_epoch + 1, args.num_epochs + 1):
-            progress = EpochProgress(0, torch.zeros(len(LOSS_KEYS), device=device)) if partial is None else \
-                EpochProgress(**{**partial, "sums": torch.tensor(partial["sums"], device=device)})
-            partial = None
-            train_ds.set_epoch(epoch)
-            sampler.set_epoch(epoch, skip=progress.step * args.batch_size)
-            if train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, scaler, run, epoch, progress):
-                means = dict(zip(LOSS_KEYS, (progress.sums / max(progress.step, 1)).tolist(), strict=True))
-                save([save_dir / "last.pt"], epoch - 1, means, progress)
-                if run.is_main:
-                    print(f"{stop.received}: saved {save_dir / 'last.pt'} at epoch {epoch}, step {progress.step}; "
-                          f"exit {EXIT_PREEMPTED}", flush=True)
-                return EXIT_PREEMPTED
-            start = time.perf_counter()
-            sums = progress.sums.clone()
-            if world_size > 1:
-                dist.all_reduce(sums)
-            entry = {"epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                     **dict(zip(LOSS_KEYS, (sums / (progress.step * world_size)).tolist(), strict=True))}
-            entry.update(evaluate(raw_model, val_loader, loss_fn, run) if val_loader is not None
-                         else {f"val_{k}": None for k in LOSS_KEYS})
-            epoch_time = progress.time_s + time.perf_counter() - start
-            entry.update(epoch_time_s=epoch_time, clips_per_s=progress.clips / max(progress.time_s, 1e-9),
-                         global_step=scheduler.last_epoch)
-            history.append(entry)
-            score = entry["val_total"] if entry["val_total"] is not None else entry["total"]
-            paths = [save_dir / "last.pt"]
-            if epoch % args.save_every == 0 or epoch == args.num_epochs:
-                paths.insert(0, save_dir / f"checkpoint_epoch_{epoch}.pt")
-            if score < best:
-                best = score
-                paths.insert(0, save_dir / "best.pt")
-            if run.is_main:
-                save_atomic(lambda f: f.write(json.dumps(history, indent=1).encode()), log_dir / "training_log.json")
-                save_reconstruction(raw_model, fixed_clip, log_dir / f"recon_epoch_{epoch}.png", run)
-            save(paths, epoch, entry)  # last.pt last: when it says epoch N, every file of epoch N exists
-            if run.is_main:
-                val = f"{entry['val_total']:.4f}" if entry["val_total"] is not None else "-"
-                print(f"epoch {epoch}/{args.num_epochs}  train {entry['total']:.4f}  val {val}  "
-                      f"lr {entry['lr']:.2e}  {epoch_time:.1f} s  {entry['clips_per_s']:.1f} clips/s", flush=True)
-            if run.stop_requested() and epoch < args.num_epochs:
-                if run.is_main:
-                    print(f"{stop.received}: saved {save_dir / 'last.pt'} after epoch {epoch}; "
-                          f"exit {EXIT_PREEMPTED}", flush=True)
-                return EXIT_PREEMPTED
-
-        if world_size > 1:  # DDP keeps the replicas equal: check it once, at the end
-            digests = [None] * world_size
-            dist.all_gather_object(digests, weights_digest(raw_model.state_dict()))
-            same = len(set(digests)) == 1
-            if run.is_main:
-                print(f"DDP: weights sha256 {digests[0][:16]} on ranks {list(range(world_size))}: "
-                      f"{'identical' if same else 'DIFFERENT'}", flush=True)
-            return 0 if same else 1
-        return 0
-    except NonFiniteLoss as err:
+        run = Run(args, cli.resolve_device(args.device), None, rank, world_size,
+                  int(os.environ.get("LOCAL_RANK", 0)), stop)
+        return train(args, run)
+    except cli.ScriptError as err:
         print(f"train.py: error: {err}", file=sys.stderr, flush=True)
-        return EXIT_NON_FINITE
+        return err.exit_code
     finally:
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)

@@ -3,40 +3,31 @@
 Without --index_csv a small synthetic set is written to a temporary folder first.
 Exit 0 when every step worked, 2 on bad input (one line), 1 when a step fails.
 """
-import argparse
 import sys
 import tempfile
 
 import torch
 from torch.utils.data import DataLoader
 
-from cli import DEVICE_CHOICES, InputError, resolve_device
-from dataset_ivf import IVFSequenceDataset, add_data_args
+import cli
+from dataset_ivf import DataConfig, IVFSequenceDataset
 from losses import AutoencoderLoss
 from make_synthetic_data import make_synthetic_dataset
-from model import ConvLSTMAutoencoder, add_model_args, config_from_args
+from model import ConvLSTMAutoencoder, config_from_args
+from train import get_args_parser as train_args_parser
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(parser)
-    add_data_args(parser)
-    parser.set_defaults(index_csv=None)  # None: build a synthetic set
-    parser.add_argument("--batch_size", type=int, default=2, help="clips per batch (default: %(default)s)")
-    parser.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW learning rate (default: %(default)s)")
-    parser.add_argument("--device", type=str, default="auto", choices=DEVICE_CHOICES,
-                        help="device; auto picks CUDA when available (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    """train.py's flags (the same names and defaults); without --index_csv a synthetic set is used."""
+    parser = train_args_parser()
+    parser.prog, parser.description = "verify_data_connection.py", __doc__.splitlines()[0]
+    parser.set_defaults(index_csv=None)
     return parser
 
 
 def run_check(args, index_csv, model, device):
     """Run every step once, printing shapes and losses; raises on failure."""
-    dataset = IVFSequenceDataset(index_csv, seq_len=args.seq_len, image_size=args.image_size, split=None,
-                                 sampling=args.sampling, normalize=args.normalize, augment=args.augment,
-                                 cache_dir=args.cache_dir, skip_bad=args.skip_bad,
-                                 annotations_dir=args.annotations_dir, training=True,
-                                 val_fraction=args.val_fraction, seed=args.seed)
+    dataset = IVFSequenceDataset(index_csv, DataConfig.from_args(args), split=None, training=True)
     print(f"dataset: {len(dataset)} rows from {index_csv}")
     loader = DataLoader(dataset, batch_size=min(args.batch_size, len(dataset)), shuffle=True,
                         num_workers=args.num_workers)
@@ -77,18 +68,13 @@ def run_check(args, index_csv, model, device):
 
 
 def main(args):
-    if args.image_size % 8 or args.image_size < 8 or args.seq_len < 1 or args.batch_size < 1:
-        print("error: --image_size must be a positive multiple of 8; --seq_len and --batch_size at least 1",
-              file=sys.stderr)
-        return 2
-    torch.manual_seed(args.seed)
     try:
-        device = resolve_device(args.device)
+        if args.batch_size < 1:
+            raise cli.InputError(f"--batch_size must be at least 1, got {args.batch_size}")
+        cli.check_seed(args.seed)
+        torch.manual_seed(args.seed)
+        device = cli.resolve_device(args.device)
         model = ConvLSTMAutoencoder(config_from_args(args)).to(device).train()
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
         with tempfile.TemporaryDirectory(prefix="ivf_verify_") as tmp:
             index_csv = args.index_csv
             if index_csv is None:
@@ -96,9 +82,9 @@ def main(args):
                                                    size=max(64, args.image_size), seed=args.seed)
                 print(f"no --index_csv: wrote a synthetic set to {index_csv}")
             run_check(args, index_csv, model, device)
-    except InputError as e:
+    except cli.ScriptError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except RuntimeError as e:
         print(f"failed: {e}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import bench
+import cli
 from bench import PRESETS, PlainAutoencoder, reference_state_dict
 from conv_lstm import ConvLSTM, compile_gate_updates, gate_update
 from model import ConvLSTMAutoencoder, ModelConfig
@@ -68,9 +69,9 @@ def test_reference_holds_the_same_weights_and_computes_the_same_function():
 
 @pytest.mark.parametrize("flags", [["--steps", "0"], ["--device", "cpu", "--amp", "fp16"]])
 def test_bad_arguments_exit_2_with_one_line(flags, capsys):
-    assert bench.main(bench.get_args_parser().parse_args(["--config", "tiny", *flags])) == 2
+    assert cli.run_main("bench.py", bench.main, bench.get_args_parser().parse_args(["--config", "tiny", *flags])) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and len(err.splitlines()) == 1
+    assert err.startswith("bench.py: error:") and len(err.splitlines()) == 1
 
 
 def test_compiled_gate_updates_match_eager():

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import cli
 from build_index import get_args_parser, main
 from dataset_ivf import IVFSequenceDataset
 
@@ -34,7 +35,7 @@ def root(tmp_path):
 
 
 def run(args):
-    return main(get_args_parser().parse_args(args))
+    return cli.run_main("build_index.py", main, get_args_parser().parse_args(args))
 
 
 def test_videos_mode(root, tmp_path, capsys):
@@ -102,7 +103,7 @@ def test_bad_input_exits_2(root, tmp_path, capsys, case):
         args += ["--stride", "0"]
     assert run(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and len(err.splitlines()) == 1
+    assert err.startswith("build_index.py: error:") and len(err.splitlines()) == 1
     assert not (tmp_path / "i.csv").exists()
 
 

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 import frames_io
 from cli import InputError
-from dataset_ivf import IVFSequenceDataset, add_data_args
+from dataset_ivf import DataConfig, IVFSequenceDataset, add_data_args
 from frames_io import PHASES, list_frames, natural_key
 from make_synthetic_data import make_synthetic_dataset
 
@@ -233,7 +233,7 @@ def test_auto_cache_beside_index_and_off(tmp_path, monkeypatch):
     IVFSequenceDataset(index, seq_len=4, image_size=16, cache_dir="auto")  # reused: nothing decoded
     assert counts["imdecode"] == 0
     off = IVFSequenceDataset(index, seq_len=4, image_size=16, cache_dir="off")
-    assert off.cache_dir is None
+    assert off.store.cache_dir is None
 
 
 def test_unwritable_cache_is_one_clear_error(tmp_path):
@@ -354,9 +354,21 @@ def test_load_frames_num_frames_metadata(tmp_path):
     assert meta["path"] == row["path"] and meta["n_frames"] == 7.0 and meta["label"] == row["label"]
 
 
-def test_add_data_args_defaults():
+def test_data_flags_default_to_data_config():
     import argparse
     args = add_data_args(argparse.ArgumentParser()).parse_args([])
-    assert (args.index_csv, args.seq_len, args.sampling, args.normalize) == ("index.csv", 20, "uniform", "minmax01")
+    args.image_size, args.seed = DataConfig().image_size, DataConfig().seed
+    assert DataConfig.from_args(args) == DataConfig()
+    assert (args.index_csv, args.seq_len, args.sampling, args.normalize) == ("index.csv", 20, "uniform", "percentile")
     assert (args.augment, args.cache_dir, args.skip_bad, args.annotations_dir) == (False, "auto", False, None)
     assert args.val_fraction == 0.2 and args.num_workers == 2
+
+
+def test_old_normalize_name_and_checkpoints_without_data_config():
+    assert DataConfig(normalize="minmax01").normalize == "percentile"
+    old = {"args": {"seq_len": 12, "normalize": "minmax01", "image_size": 64, "batch_size": 8, "seed": 3}}
+    assert DataConfig.from_checkpoint(old) == DataConfig(seq_len=12, image_size=64, seed=3)
+    new = {"data_config": DataConfig(seq_len=7, sampling="window").to_dict(), "args": {"seq_len": 12}}
+    assert DataConfig.from_checkpoint(new) == DataConfig(seq_len=7, sampling="window")
+    with pytest.raises(InputError, match="sampling must be one of"):
+        DataConfig(sampling="random")

@@ -126,14 +126,14 @@ def synthetic20(tmp_path_factory):
 
 def test_grouped_split_keeps_patients_apart(synthetic20, tmp_path):
     kw = dict(seq_len=2, image_size=16, val_fraction=0.3, seed=5)
-    train = IVFSequenceDataset(synthetic20, split="train", split_out=tmp_path / "split.csv", **kw)
+    train = IVFSequenceDataset(synthetic20, split="train", **kw)
     val = IVFSequenceDataset(synthetic20, split="val", **kw)
     assert train.training and not val.training
     tp = {train.metadata(i)["patient_id"] for i in range(len(train))}
     vp = {val.metadata(i)["patient_id"] for i in range(len(val))}
     assert tp and vp and not tp & vp
     assert len(train) + len(val) == 20
-    table = pd.read_csv(tmp_path / "split.csv")
+    table = pd.DataFrame([ds.metadata(i) for ds in (train, val) for i in range(len(ds))])
     assert len(table) == 20 and set(table["split"]) == {"train", "val"}
     assert table.groupby("patient_id")["split"].nunique().max() == 1
     assert sorted(table.loc[table["split"] == "val", "cell_id"]) == sorted(val[i]["cell_id"] for i in range(len(val)))

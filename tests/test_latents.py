@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import analyze_latents
 import extract_latents
+from cli import InputError
 from dataset_ivf import IVFSequenceDataset
 from make_synthetic_data import make_synthetic_dataset
 from model import ConvLSTMAutoencoder, ModelConfig
@@ -70,7 +71,7 @@ def latents(checkpoint, wells, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("latents")
     common = ["--checkpoint", str(checkpoint), "--index_csv", str(wells), "--out", str(out), "--device", "cpu"]
     _run(common + ["--mode", "clips", "--batch_size", "3", "--num_workers", "0", "--save_z_seq"])
-    _run(common + ["--mode", "trajectory", "--stride", "2", "--chunk_len", "5"])
+    _run(common + ["--mode", "trajectory", "--frame_step", "2", "--chunk_len", "5"])
     return out
 
 
@@ -119,7 +120,7 @@ def test_trajectory_files_cover_every_strided_frame(latents, checkpoint, wells):
     folder = latents / "trajectories"
     meta = pd.read_csv(folder / "metadata.csv", keep_default_na=False)
     assert len(meta) == N_EMBRYOS and (meta["total_frames"] == N_FRAMES).all()
-    assert (meta["n_frames"] == N_FRAMES // 2).all() and (meta["stride"] == 2).all()
+    assert (meta["n_frames"] == N_FRAMES // 2).all() and (meta["frame_step"] == 2).all()
     with np.load(folder / meta["file"].iloc[0]) as data:
         z, frame_indices, hours, phase = data["z"], data["frame_indices"], data["hours"], data["phase"]
     assert z.shape == (N_FRAMES // 2, 8) and z.dtype == np.float32
@@ -183,7 +184,7 @@ def test_cli_bad_checkpoint_exits_2_with_one_line(tmp_path, wells):
 
 def test_missing_checkpoint_and_bad_flags_are_clear_errors(tmp_path, wells):
     common = ["--index_csv", str(wells), "--out", str(tmp_path / "o"), "--device", "cpu"]
-    with pytest.raises(extract_latents.ExtractError, match="checkpoint not found"):
+    with pytest.raises(InputError, match="checkpoint not found"):
         _run(["--checkpoint", str(tmp_path / "missing.pt"), *common])
-    with pytest.raises(extract_latents.ExtractError, match="--stride must be at least 1"):
-        _run(["--checkpoint", str(tmp_path / "missing.pt"), "--stride", "0", *common])
+    with pytest.raises(InputError, match="--frame_step must be at least 1"):
+        _run(["--checkpoint", str(tmp_path / "missing.pt"), "--stride", "0", *common])  # the old name still works

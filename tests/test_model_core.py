@@ -5,8 +5,9 @@ import argparse
 import pytest
 import torch
 
-from losses import AutoencoderLoss
+import cli
 from cli import resolve_amp_dtype
+from losses import AutoencoderLoss
 from model import ConvLSTMAutoencoder, ModelConfig, add_model_args, config_from_args, load_model
 
 TINY = dict(cnn_channels=(4, 8, 8), encoder_hidden_dim=8, encoder_layers=2, decoder_hidden_dim=8,
@@ -119,10 +120,14 @@ def test_flags_build_the_default_config():
     assert config.cnn_channels == (8, 16, 32) and not config.use_classifier
 
 
-def test_amp_choice():
+def test_amp_choice(monkeypatch):
     cpu = torch.device("cpu")
     assert resolve_amp_dtype("off", cpu) is None
     assert resolve_amp_dtype("bf16", cpu) == torch.bfloat16
-    assert resolve_amp_dtype("auto", cpu) in (torch.bfloat16, None)
+    assert resolve_amp_dtype("auto", cpu) == (torch.bfloat16 if cli.cpu_supports_bf16() else None)
+    monkeypatch.setattr(cli, "cpu_supports_bf16", lambda: True)
+    assert resolve_amp_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(cli, "cpu_supports_bf16", lambda: False)
+    assert resolve_amp_dtype("auto", cpu) is None
     with pytest.raises(ValueError, match="fp16"):
         resolve_amp_dtype("fp16", cpu)

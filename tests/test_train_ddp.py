@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-import train
+import checkpoint as ckpt
 from make_synthetic_data import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     last = torch.load(out / "ckpt" / "last.pt", map_location="cpu", weights_only=True)
-    digest = train.weights_digest(last["model_state_dict"])
+    digest = ckpt.weights_digest(last["model_state_dict"])
     # every rank hashes its own weights at the end; rank 0 prints them all
     assert f"DDP: weights sha256 {digest[:16]} on ranks [0, 1]: identical" in result.stdout, result.stdout
     assert not any(k.startswith("module.") for k in last["model_state_dict"])

@@ -5,7 +5,7 @@ from make_synthetic_data import make_synthetic_dataset
 from verify_data_connection import get_args_parser, main
 
 TINY = ["--image_size", "32", "--encoder_hidden_dim", "8", "--decoder_hidden_dim", "8", "--encoder_layers", "1",
-        "--decoder_layers", "1", "--seq_len", "4", "--num_workers", "0", "--device", "cpu"]
+        "--decoder_layers", "1", "--seq_len", "4", "--num_workers", "0", "--device", "cpu", "--batch_size", "2"]
 
 
 def run(extra):
