@@ -1,4 +1,5 @@
-"""analyze_latents.py: metric functions on hand-made inputs, and the whole CLI on a hand-made latents folder."""
+"""analyze_latents.py and its numbers (latent_geometry.py, latent_probes.py): metric functions on hand-made inputs,
+and the whole CLI on a hand-made latents folder."""
 
 import json
 
@@ -7,13 +8,16 @@ import pandas as pd
 import pytest
 
 import analyze_latents as al
+import latent_geometry as geometry
+import latent_probes as probes
+from cli import InputError
 
 
 def test_speed_of_constant_velocity_line():
     velocity = np.array([3.0, 4.0, 0.0])  # |v| = 5
     z = np.arange(11)[:, None] * velocity  # (11, 3): ten equal steps
-    np.testing.assert_allclose(al.speed_curve(z), np.full(10, 5.0))
-    stats = al.trajectory_stats(z)
+    np.testing.assert_allclose(geometry.speed_curve(z), np.full(10, 5.0))
+    stats = geometry.trajectory_stats(z)
     assert stats["trajectory_length"] == pytest.approx(50.0)
     assert stats["start_end_distance"] == pytest.approx(50.0)
     assert stats["straightness"] == pytest.approx(1.0)
@@ -22,30 +26,30 @@ def test_speed_of_constant_velocity_line():
 
 def test_back_and_forth_has_length_but_no_displacement():
     z = np.array([[0.0], [1.0], [2.0], [1.0], [0.0]])
-    stats = al.trajectory_stats(z)
+    stats = geometry.trajectory_stats(z)
     assert stats["trajectory_length"] == pytest.approx(4.0)
     assert stats["start_end_distance"] == pytest.approx(0.0)
 
 
 def test_known_outlier_is_the_only_one_flagged():
     values = np.array([1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 10.0])
-    scores = al.robust_z(values)
+    scores = geometry.robust_z(values)
     assert abs(scores[-1]) > 3.5
     assert np.all(np.abs(scores[:-1]) < 3.5)
     table = pd.DataFrame({"embryo": list("abcdefg"), "x": values, "y": np.ones(7)})
-    flagged = al.flag_outliers(table, columns=("x", "y"), threshold=3.5)
+    flagged = geometry.flag_outliers(table, columns=("x", "y"), threshold=3.5)
     assert flagged.loc[flagged["is_outlier"], "embryo"].tolist() == ["g"]
 
 
 def test_robust_z_with_zero_mad_still_flags_the_odd_one():
-    scores = al.robust_z(np.array([2.0, 2.0, 2.0, 2.0, 9.0]))
+    scores = geometry.robust_z(np.array([2.0, 2.0, 2.0, 2.0, 9.0]))
     assert scores[-1] > 3.5 and np.all(scores[:-1] == 0)
 
 
 def test_known_auc_accuracy_and_confusion():
     y = np.array([0, 0, 1, 1])
     p1 = np.array([0.1, 0.4, 0.35, 0.8])  # 3 of 4 positive/negative pairs ordered correctly
-    metrics = al.classification_metrics(y, np.c_[1 - p1, p1])
+    metrics = probes.classification_metrics(y, np.c_[1 - p1, p1])
     assert metrics["roc_auc"] == pytest.approx(0.75)
     assert metrics["accuracy"] == pytest.approx(0.75)  # threshold 0.5: 0.35 is the one error
     assert metrics["balanced_accuracy"] == pytest.approx(0.75)
@@ -54,7 +58,7 @@ def test_known_auc_accuracy_and_confusion():
 
 
 def test_single_class_has_no_auc():
-    metrics = al.classification_metrics(np.array([1, 1]), np.array([[0.2, 0.8], [0.6, 0.4]]))
+    metrics = probes.classification_metrics(np.array([1, 1]), np.array([[0.2, 0.8], [0.6, 0.4]]))
     assert metrics["roc_auc"] is None and "roc_auc_note" in metrics
     assert metrics["accuracy"] == pytest.approx(0.5)
 
@@ -63,29 +67,29 @@ def test_noisy_circle_gives_one_long_h1_bar():
     rng = np.random.default_rng(0)
     angle = np.linspace(0, 2 * np.pi, 80, endpoint=False)
     z = np.c_[np.cos(angle), np.sin(angle), np.zeros(80)] + rng.normal(scale=0.05, size=(80, 3))
-    h0, h1 = al.persistence_diagrams(z)
+    h0, h1 = geometry.persistence_diagrams(z)
     lifetimes = np.sort(h1[:, 1] - h1[:, 0])[::-1]
     assert lifetimes[0] > 1.0  # the loop: born at ~spacing, dies near radius sqrt(3)
     assert len(lifetimes) == 1 or lifetimes[1] < 0.2 * lifetimes[0]
     assert np.isinf(h0[:, 1]).sum() == 1  # one connected component never dies
     radii = np.linspace(0, 2, 201)
-    betti1 = al.betti_curve(h1, radii)
+    betti1 = geometry.betti_curve(h1, radii)
     assert betti1[np.searchsorted(radii, 1.0)] == 1
     assert betti1[-1] == 0
 
 
 def test_subsampled_persistence_still_finds_the_loop():
     angle = np.linspace(0, 2 * np.pi, 300, endpoint=False)
-    _, h1 = al.persistence_diagrams(np.c_[np.cos(angle), np.sin(angle)], max_points=50)
+    _, h1 = geometry.persistence_diagrams(np.c_[np.cos(angle), np.sin(angle)], max_points=50)
     assert (h1[:, 1] - h1[:, 0]).max() > 1.0
 
 
 def test_total_persistence_entropy_and_betti_on_a_known_diagram():
     diagram = np.array([[0.0, 1.0], [0.5, 1.5], [0.0, np.inf]])
-    assert al.total_persistence(diagram) == pytest.approx(2.0)
-    assert al.persistence_entropy(diagram) == pytest.approx(np.log(2))
-    np.testing.assert_array_equal(al.betti_curve(diagram, np.array([0.0, 0.75, 1.25, 2.0])), [2, 3, 2, 1])
-    assert al.persistence_entropy(np.zeros((0, 2))) == 0.0
+    assert geometry.total_persistence(diagram) == pytest.approx(2.0)
+    assert geometry.persistence_entropy(diagram) == pytest.approx(np.log(2))
+    np.testing.assert_array_equal(geometry.betti_curve(diagram, np.array([0.0, 0.75, 1.25, 2.0])), [2, 3, 2, 1])
+    assert geometry.persistence_entropy(np.zeros((0, 2))) == 0.0
 
 
 def test_grouped_cv_logistic_separates_separable_classes():
@@ -93,9 +97,9 @@ def test_grouped_cv_logistic_separates_separable_classes():
     y = np.repeat([0, 1], 20)
     x = rng.normal(size=(40, 5)) + 4.0 * y[:, None]
     groups = np.array([f"P{i // 4}" for i in range(40)])  # 10 patients of 4 embryos each
-    probs, folds = al.grouped_cv_probabilities(x, y, groups, n_splits=5, seed=0)
+    probs, folds = probes.grouped_cv_probabilities(x, y, groups, n_splits=5, seed=0)
     assert folds == 5 and probs.shape == (40, 2)
-    assert al.classification_metrics(y, probs)["roc_auc"] > 0.95
+    assert probes.classification_metrics(y, probs)["roc_auc"] > 0.95
 
 
 def test_phase_probe_beats_the_majority_baseline():
@@ -104,7 +108,7 @@ def test_phase_probe_beats_the_majority_baseline():
     centers = {"t2": 0.0, "t4": 3.0, "tB": 6.0}
     x = np.array([centers[p] for p in phases])[:, None] + rng.normal(scale=0.5, size=(240, 4))
     groups = np.repeat([f"E{i}" for i in range(6)], 40)
-    result = al.phase_probe(x, phases, groups, n_splits=3)
+    result = probes.phase_probe(x, phases, groups, n_splits=3)
     assert result["majority_baseline_accuracy"] == pytest.approx(0.5)
     assert result["accuracy"] > 0.9
     assert result["classes"] == ["t2", "t4", "tB"] and result["folds"] == 3
@@ -120,12 +124,12 @@ def test_patient_groups_fall_back_to_embryo_id_prefix():
 def test_tphate_embedding_of_a_spiral():
     t = np.linspace(0, 4 * np.pi, 60)
     z = np.c_[t * np.cos(t), t * np.sin(t), t, np.zeros(60)]
-    embedding, method = al.tphate_embedding(z, pca_dims=3, seed=0)
+    embedding, method = geometry.tphate_embedding(z, pca_dims=3, seed=0)
     assert method == "tphate" and embedding.shape == (60, 2) and np.isfinite(embedding).all()
     assert embedding.std(axis=0).min() > 0
-    short, method = al.tphate_embedding(z[:6])
+    short, method = geometry.tphate_embedding(z[:6])
     assert method == "pca" and short.shape == (6, 2)
-    still, method = al.tphate_embedding(np.ones((20, 4)))
+    still, method = geometry.tphate_embedding(np.ones((20, 4)))
     assert method == "constant" and np.all(still == 0)
 
 
@@ -218,14 +222,14 @@ def test_trim_start_drops_the_warm_up_frames(tmp_path):
 
 
 def test_phases_sort_in_developmental_order():
-    assert al.ordered_phases(["tB", "", "t2", "tPB2", "t9+", "zz"]) == ["tPB2", "t2", "t9+", "tB", "zz"]
+    assert probes.ordered_phases(["tB", "", "t2", "tPB2", "t9+", "zz"]) == ["tPB2", "t2", "t9+", "tB", "zz"]
 
 
 def test_missing_latents_folder_is_a_clear_error(tmp_path):
     args = al.get_args_parser().parse_args(["--latents", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
-    with pytest.raises(al.AnalysisError, match="extract_latents.py"):
+    with pytest.raises(InputError, match="extract_latents.py"):
         al.main(args)
     (tmp_path / "nothing" / "trajectories").mkdir(parents=True)
     (tmp_path / "nothing" / "trajectories" / "metadata.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(al.AnalysisError, match=r"missing columns \['file', 'cell_id', 'label'\]"):
+    with pytest.raises(InputError, match=r"missing columns \['file', 'cell_id', 'label'\]"):
         al.main(args)
