@@ -1,10 +1,11 @@
-"""Analyse latents written by extract_latents.py: T-PHATE, speed, outliers, topology, classifier, phase probe.
+"""Analyse latents written by extract_latents.py: T-PHATE, speed, outliers, topology, classifier, probes.
 
 Reads `--latents DIR` (its `trajectories/` and/or `clips/` folders) and writes to `--out DIR`:
 `summary.json` (every number below), CSV tables and PNG figures (drawn by latent_figures.py).
 
-- T-PHATE (`tphate`) of each trajectory after PCA to `--pca_dims`: `tphate/<embryo>.png` coloured by time
-  and phase, `tphate_embeddings.csv`; `population.png`: all trajectories in one shared PCA plane.
+- T-PHATE (`tphate`) of each trajectory's latents (its own PCA to `--tphate_n_pca` for the kNN graph only):
+  `tphate/<embryo>.png` coloured by time and phase, `tphate_embeddings.csv`, the autocorrelation dropoff per
+  embryo; `population.png`: all trajectories in one shared PCA plane.
 - Per embryo (`per_embryo.csv`): speed curve ||z(t+1) - z(t)|| (`speeds.csv`, `speed_curves.png`), trajectory
   length, start-end distance; robust (median/MAD) outliers (`outliers.csv`, `outliers.png`).
 - Persistent homology (`ripser`): H0/H1 diagrams, total persistence, persistence entropy, Betti curves
@@ -13,8 +14,10 @@ Reads `--latents DIR` (its `trajectories/` and/or `clips/` folders) and writes t
   `confusion_matrix.png`), from the model's classifier probabilities when the clips have them, else from a
   logistic regression on pooled latents, cross-validated with folds grouped by patient (reported too, as
   `latent_probe`, next to the classifier's own metrics, which are also given per split).
-- With phases: a linear probe latent -> phase, cross-validated with folds grouped by embryo, against the
-  majority-class baseline.
+- Probes, each beside its controls (`probes` in summary.json, `probes.png`): developmental phase (balanced
+  accuracy) and time since the first frame (R^2, mean absolute error), cross-validated with folds grouped by
+  embryo, on the trained latents, an untrained model's latents and the raw pixels (PCA-reduced to the latent
+  width inside the pipeline), beside the majority (mean) baseline; `margin_over_pixels` = trained - pixels.
 
 Trajectories come from `trajectories/` (whole recordings); without it, each clip's pooled z_seq is one
 short trajectory. No torch is imported.
@@ -30,24 +33,26 @@ import numpy as np
 import pandas as pd
 
 import latent_figures as figures
-from cli import CLIPS_DIR, METADATA_CSV, TRAJECTORY_DIR, InputError, OneLineParser, add_seed_arg, check_seed, run_main
-from frames_io import patient_of
-from latent_geometry import (
-    OUTLIER_COLUMNS,
-    betti_curve,
-    finite_lifetimes,
-    flag_outliers,
-    persistence_diagrams,
-    persistence_entropy,
-    population_plane,
-    speed_curve,
-    total_persistence,
-    tphate_embedding,
-    trajectory_stats,
+import latent_geometry as geometry
+import latent_probes as probes
+from cli import (
+    CLIPS_DIR,
+    LATENT_KEY,
+    METADATA_CSV,
+    PIXELS_KEY,
+    TRAJECTORY_DIR,
+    UNTRAINED_KEY,
+    InputError,
+    OneLineParser,
+    add_seed_arg,
+    check_seed,
+    run_main,
 )
-from latent_probes import classification_metrics, grouped_cv_probabilities, ordered_phases, phase_probe
+from frames_io import patient_of
 
-TRAJECTORY_KEYS = ("z", "frame_indices", "hours", "phase")  # the per-frame arrays of a trajectory file
+TRAJECTORY_KEYS = (LATENT_KEY, "frame_indices", "hours", "phase")  # the arrays every trajectory file has
+CONTROL_KEYS = {"untrained": UNTRAINED_KEY, "pixels": PIXELS_KEY}  # control arrays, read only for the probes
+PER_FRAME = ("z", "frame_indices", "hours", "phase")  # a trajectory dict's per-frame arrays
 
 
 
@@ -74,7 +79,8 @@ def read_metadata(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
 
 
 def load_trajectories(latents_dir: Path) -> list[dict]:
-    """Per-embryo trajectories: dicts with name, z (n, C), frame_indices, hours (NaN = unknown), phase, meta."""
+    """Per-embryo trajectories: dicts with name, z (n, C), frame_indices, hours (NaN = unknown), phase, meta;
+    path, start (first row used) and controls (the control arrays the file holds, read when needed)."""
     folder = latents_dir / TRAJECTORY_DIR
     meta = read_metadata(folder / METADATA_CSV, ("file", "cell_id", "label"))
     trajectories = []
@@ -86,11 +92,11 @@ def load_trajectories(latents_dir: Path) -> list[dict]:
         with np.load(path) as data:
             if not set(TRAJECTORY_KEYS) <= set(data.files):
                 raise InputError(f"{path}: needs arrays {', '.join(TRAJECTORY_KEYS)}; re-run extract_latents.py")
-            z = data["z"].astype(np.float64)
             trajectories.append({
-                "name": path.stem, "z": z, "frame_indices": data["frame_indices"],
+                "name": path.stem, "z": data[LATENT_KEY].astype(np.float64), "frame_indices": data["frame_indices"],
                 "hours": data["hours"].astype(np.float64), "phase": data["phase"].astype(str),
-                "meta": row.to_dict(),
+                "meta": row.to_dict(), "path": path, "start": 0,
+                "controls": {name for name, key in CONTROL_KEYS.items() if key in data.files},
             })
     return trajectories
 
@@ -123,7 +129,7 @@ def trajectories_from_clips(clips: dict) -> list[dict]:
             "frame_indices": _split_field(row["frame_indices"], np.int64),
             "hours": hours if len(hours) == len(z) else np.full(len(z), np.nan),
             "phase": phase if len(phase) == len(z) else np.full(len(z), "", dtype=str),
-            "meta": row.to_dict(),
+            "meta": row.to_dict(), "path": None, "start": 0, "controls": set(),
         })
     return trajectories
 
@@ -133,7 +139,8 @@ def trim_start(trajectories: list[dict], n: int) -> list[dict]:
     left with fewer than 3 frames are dropped."""
     if n == 0:
         return trajectories
-    return [{**t, **{k: t[k][n:] for k in TRAJECTORY_KEYS}} for t in trajectories if len(t["z"]) - n >= 3]
+    return [{**t, **{k: t[k][n:] for k in PER_FRAME}, "start": t["start"] + n}
+            for t in trajectories if len(t["z"]) - n >= 3]
 
 
 def patient_groups(meta: pd.DataFrame) -> np.ndarray:
@@ -153,17 +160,11 @@ def known_labels(meta: pd.DataFrame) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- steps
 
-def describe_trajectory(traj: dict, method: str, dgms: list[np.ndarray]) -> dict:
-    """One per_embryo.csv row: trajectory statistics and H0/H1 summaries."""
-    h1_life = finite_lifetimes(dgms[1])
-    return {
-        "embryo": traj["name"], "cell_id": traj["meta"].get("cell_id"), "label": traj["meta"].get("label"),
-        **trajectory_stats(traj["z"]), "embedding_method": method,
-        "h0_total_persistence": total_persistence(dgms[0]), "h1_total_persistence": total_persistence(dgms[1]),
-        "h0_persistence_entropy": persistence_entropy(dgms[0]),
-        "h1_persistence_entropy": persistence_entropy(dgms[1]),
-        "h1_n_bars": int(len(dgms[1])), "h1_max_persistence": float(h1_life.max()) if len(h1_life) else 0.0,
-    }
+def describe_trajectory(traj: dict, method: str, dropoff: int | None, dgms: list[np.ndarray]) -> dict:
+    """One per_embryo.csv row: trajectory statistics, T-PHATE's method and dropoff, H0/H1 summaries."""
+    return {"embryo": traj["name"], "cell_id": traj["meta"].get("cell_id"), "label": traj["meta"].get("label"),
+            **geometry.trajectory_stats(traj["z"]), "embedding_method": method, "tphate_dropoff": dropoff,
+            **geometry.persistence_summary(dgms)}
 
 
 def write_trajectory_tables(trajectories: list[dict], table: pd.DataFrame, embeddings: list, speeds: list,
@@ -185,7 +186,7 @@ def analyse_topology(table: pd.DataFrame, diagrams: list, betti_points: int, out
     finite_deaths = [d[np.isfinite(d[:, 1]), 1] for dgms in diagrams for d in dgms if len(d)]
     top = max([float(f.max()) for f in finite_deaths if len(f)], default=1.0)
     radii = np.linspace(0.0, top, betti_points)
-    betti = np.stack([[betti_curve(d, radii) for d in dgms[:2]] for dgms in diagrams])  # (E, 2, R)
+    betti = np.stack([[geometry.betti_curve(d, radii) for d in dgms[:2]] for dgms in diagrams])  # (E, 2, R)
     names = list(table["embryo"])
     pd.concat([pd.DataFrame({"embryo": name, "dim": dim, "birth": dgm[:, 0], "death": dgm[:, 1]})
                for name, dgms in zip(names, diagrams, strict=True) for dim, dgm in enumerate(dgms)]
@@ -203,22 +204,23 @@ def analyse_trajectories(trajectories: list[dict], out: Path, args) -> dict:
     from tqdm import tqdm
 
     (out / "tphate").mkdir(parents=True, exist_ok=True)
-    palette = figures.phase_palette(ordered_phases(np.concatenate([t["phase"] for t in trajectories])))
+    palette = figures.phase_palette(probes.ordered_phases(np.concatenate([t["phase"] for t in trajectories])))
     rows, speeds, diagrams, embeddings = [], [], [], []
     for k, traj in enumerate(tqdm(trajectories, desc="trajectories", unit="embryo", disable=None)):
-        embedding, method = tphate_embedding(traj["z"], args.pca_dims, args.tphate_knn, args.seed)
+        embedding, method, dropoff = geometry.tphate_embedding(traj["z"], args.tphate_n_pca, args.tphate_knn,
+                                                               args.seed)
         if k < args.max_embryo_plots:
             figures.plot_tphate(traj, embedding, method, palette, out / "tphate" / f"{traj['name']}.png")
         embeddings.append(embedding)
-        speeds.append(speed_curve(traj["z"]))
-        diagrams.append(persistence_diagrams(traj["z"], maxdim=1, max_points=args.ph_max_points))
-        rows.append(describe_trajectory(traj, method, diagrams[-1]))
-    table = flag_outliers(pd.DataFrame(rows), OUTLIER_COLUMNS, args.outlier_threshold)
+        speeds.append(geometry.speed_curve(traj["z"]))
+        diagrams.append(geometry.persistence_diagrams(traj["z"], maxdim=1, max_points=args.ph_max_points))
+        rows.append(describe_trajectory(traj, method, dropoff, diagrams[-1]))
+    table = geometry.flag_outliers(pd.DataFrame(rows), geometry.OUTLIER_COLUMNS, args.outlier_threshold)
     write_trajectory_tables(trajectories, table, embeddings, speeds, out)
     outlier_names = set(table.loc[table["is_outlier"], "embryo"])
     figures.plot_speed_curves(trajectories, speeds, outlier_names, out / "speed_curves.png")
-    figures.plot_outliers(table, args.outlier_threshold, OUTLIER_COLUMNS, out / "outliers.png")
-    planes, ratio = population_plane(trajectories, seed=args.seed)
+    figures.plot_outliers(table, args.outlier_threshold, geometry.OUTLIER_COLUMNS, out / "outliers.png")
+    planes, ratio = geometry.population_plane(trajectories, seed=args.seed)
     figures.plot_population(trajectories, planes, ratio, palette, out / "population.png")
     numeric = ["n_frames", "trajectory_length", "start_end_distance", "straightness", "mean_speed", "max_speed",
                "h0_total_persistence", "h1_total_persistence", "h0_persistence_entropy", "h1_persistence_entropy",
@@ -226,9 +228,10 @@ def analyse_trajectories(trajectories: list[dict], out: Path, args) -> dict:
     return {
         "n_embryos": len(trajectories),
         "embedding_methods": {m: int(n) for m, n in table["embedding_method"].value_counts(sort=False).items()},
-        "tphate": {"pca_dims": args.pca_dims, "knn": args.tphate_knn, "seed": args.seed},
+        "tphate": {"input": "the latents themselves", "n_pca": args.tphate_n_pca, "knn": args.tphate_knn,
+                   "seed": args.seed, "median_dropoff": _json_float(table["tphate_dropoff"].median())},
         "statistics_median": {c: _json_float(table[c].median()) for c in numeric},
-        "outliers": {"threshold": args.outlier_threshold, "columns": list(OUTLIER_COLUMNS),
+        "outliers": {"threshold": args.outlier_threshold, "columns": list(geometry.OUTLIER_COLUMNS),
                      "embryos": sorted(outlier_names)},
         "population_pca": {"explained_variance_ratio": ratio},
         **analyse_topology(table, diagrams, args.betti_points, out),
@@ -256,18 +259,19 @@ def analyse_labels(trajectories: list[dict], clips: dict | None, out: Path, args
     probe = None
     if len(np.unique(labels[keep])) >= 2 and len(np.unique(patient_groups(meta)[keep])) >= 2:
         groups = patient_groups(meta)[keep]
-        probs, folds = grouped_cv_probabilities(features[keep], labels[keep], groups, args.cv_folds, args.seed)
-        probe = classification_metrics(labels[keep], probs)
+        probs, folds = probes.grouped_cv_probabilities(features[keep], labels[keep], groups, args.cv_folds, args.seed)
+        probe = probes.classification_metrics(labels[keep], probs)
         probe["source"] = (f"logistic regression on the {feature_name}, {folds}-fold cross-validation grouped by "
                            f"patient ({len(np.unique(groups))} patients)")
     if clips is not None and clips["probs"] is not None:
-        metrics = classification_metrics(labels[keep], clips["probs"][keep])
+        metrics = probes.classification_metrics(labels[keep], clips["probs"][keep])
         metrics["source"] = "model classifier probabilities (clips/probs.npy)"
         splits = meta["split"].fillna("").astype(str).to_numpy()[keep] if "split" in meta.columns else None
         if splits is not None and len(set(splits)) > 1:  # training rows flatter the classifier: report each split
             metrics["by_split"] = {}
             for split in sorted(set(splits)):
-                part = classification_metrics(labels[keep][splits == split], clips["probs"][keep][splits == split])
+                in_split = splits == split
+                part = probes.classification_metrics(labels[keep][in_split], clips["probs"][keep][in_split])
                 part.pop("roc_curve")
                 metrics["by_split"][split or "(none)"] = part
         if probe is not None:
@@ -284,21 +288,55 @@ def analyse_labels(trajectories: list[dict], clips: dict | None, out: Path, args
     return metrics
 
 
-def analyse_phases(trajectories: list[dict], args) -> dict | None:
-    """Linear probe latent -> phase over annotated frames, folds grouped by embryo."""
-    xs, ys, groups = [], [], []
-    for traj in trajectories:
-        annotated = traj["phase"] != "" if len(traj["phase"]) else np.zeros(len(traj["z"]), dtype=bool)
-        xs.append(traj["z"][annotated])
-        ys.append(traj["phase"][annotated] if annotated.any() else np.array([], dtype=str))
-        groups.append(np.full(int(annotated.sum()), traj["name"]))
-    x, y, g = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
-    if len(y) == 0 or len(np.unique(g)) < 2:
-        return None
-    if len(y) > args.probe_max_frames:
-        rows = np.sort(np.random.default_rng(args.seed).choice(len(y), args.probe_max_frames, replace=False))
-        x, y, g = x[rows], y[rows], g[rows]
-    return phase_probe(x, y, g, args.cv_folds, args.seed)
+def read_control(traj: dict, name: str, rows: np.ndarray) -> np.ndarray:
+    """Rows (of the trimmed trajectory) of one control array, checked to align with the trajectory's z."""
+    key = CONTROL_KEYS[name]
+    with np.load(traj["path"]) as data:
+        values = data[key]
+    n_rows = traj["start"] + len(traj["z"])
+    if values.ndim != 2 or len(values) != n_rows:
+        raise InputError(f"{traj['path']}: {key} has shape {values.shape}, expected {n_rows} rows like "
+                         f"{LATENT_KEY}; re-run extract_latents.py")
+    return values[traj["start"] + rows].astype(np.float64)
+
+
+def probe_features(trajectories: list[dict], rows: list[np.ndarray]) -> dict:
+    """The trained latents and each control at the given rows; a control that some trajectory lacks is missing
+    (a string saying why)."""
+    used = [(t, r) for t, r in zip(trajectories, rows, strict=True) if len(r)]
+    features = {"trained": np.concatenate([t["z"][r] for t, r in used])}
+    for name, key in CONTROL_KEYS.items():
+        lacking = sum(name not in t["controls"] for t, _ in used)
+        features[name] = (f"no {key} for {lacking} of {len(used)} trajectories (clip latents, an extraction "
+                          "older than the controls, or one run with --no_controls)" if lacking else
+                          np.concatenate([read_control(t, name, r) for t, r in used]))
+    return features
+
+
+def analyse_probes(trajectories: list[dict], args) -> dict:
+    """Phase (annotated frames) and hours (all frames) probes on the trained latents beside their controls;
+    a probe is None when fewer than two embryos have its target."""
+    targets = [probes.elapsed(t) for t in trajectories]
+    masks = {"phase": [t["phase"] != "" if len(t["phase"]) else np.zeros(len(t["z"]), bool) for t in trajectories],
+             "hours": [np.ones(len(t["z"]), dtype=bool) for t in trajectories]}
+    result = {}
+    for probe, mask in masks.items():
+        rows = probes.probe_rows(mask, args.probe_max_frames, args.seed)
+        used = [k for k, r in enumerate(rows) if len(r)]
+        if len(used) < 2:
+            result[probe] = None
+            continue
+        features = probe_features(trajectories, rows)
+        groups = np.concatenate([np.full(len(rows[k]), trajectories[k]["name"]) for k in used])
+        if probe == "phase":
+            y = np.concatenate([trajectories[k]["phase"][rows[k]] for k in used])
+            result[probe] = probes.phase_probe(features, y, groups, args.cv_folds, args.seed)
+            continue
+        units = sorted({targets[k][1] for k in used})
+        y = np.concatenate([targets[k][0][rows[k]] for k in used])
+        result[probe] = {"target": "time since the trajectory's first frame", "unit": " and ".join(units),
+                         **probes.hours_probe(features, y, groups, args.cv_folds, args.seed)}
+    return result
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -312,7 +350,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trim_start", type=int, default=0,
                         help="drop the first N frames of each trajectory before analysing it: the encoder state "
                              "starts from zero, so the first steps of a recording move fast (default: 0)")
-    parser.add_argument("--pca_dims", type=int, default=30, help="PCA dimensions before T-PHATE (default: 30)")
+    parser.add_argument("--tphate_n_pca", "--pca_dims", type=int, default=30,
+                        help="T-PHATE's n_pca: PCA dimensions of its kNN graph; its autocorrelation view uses the "
+                             "latents themselves (default: %(default)s)")
     parser.add_argument("--tphate_knn", type=int, default=5, help="T-PHATE k nearest neighbours (default: 5)")
     parser.add_argument("--outlier_threshold", type=float, default=3.5,
                         help="|modified z-score| above which an embryo is an outlier (default: 3.5)")
@@ -321,8 +361,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--betti_points", type=int, default=100, help="radii in the Betti curves (default: 100)")
     parser.add_argument("--cv_folds", type=int, default=5,
                         help="cross-validation folds (fewer when there are fewer groups) (default: 5)")
-    parser.add_argument("--probe_max_frames", type=int, default=20000,
-                        help="frames sampled for the phase probe (default: 20000)")
+    parser.add_argument("--probe_max_frames", type=int, default=5000,
+                        help="frames sampled (seeded) for each probe when there are more (default: %(default)s)")
     parser.add_argument("--max_embryo_plots", type=int, default=100,
                         help="per-embryo T-PHATE figures to draw; embeddings of all go to CSV (default: 100)")
     add_seed_arg(parser, "T-PHATE, subsampling and cross-validation")
@@ -335,9 +375,12 @@ def check_inputs(args: argparse.Namespace) -> tuple[bool, bool]:
     has_traj = (latents / TRAJECTORY_DIR / METADATA_CSV).is_file()
     has_clips = (latents / CLIPS_DIR / METADATA_CSV).is_file()
     check_seed(args.seed)
-    if args.trim_start < 0 or args.pca_dims < 1 or args.tphate_knn < 2 or args.cv_folds < 2 or args.betti_points < 2:
-        raise InputError("need --trim_start >= 0, --pca_dims >= 1, --tphate_knn >= 2, --cv_folds >= 2 and "
-                         "--betti_points >= 2")
+    minimum = {"trim_start": 0, "tphate_n_pca": 1, "tphate_knn": 2, "cv_folds": 2, "betti_points": 2,
+               "probe_max_frames": 2}
+    too_low = [f"--{flag} >= {low} (got {getattr(args, flag)})" for flag, low in minimum.items()
+               if getattr(args, flag) < low]
+    if too_low:
+        raise InputError("need " + ", ".join(too_low))
     if not (has_traj or has_clips):
         raise InputError(f"{latents}: no {TRAJECTORY_DIR}/{METADATA_CSV} or {CLIPS_DIR}/{METADATA_CSV}; "
                          "point --latents at the --out folder of extract_latents.py")
@@ -371,7 +414,9 @@ def main(args: argparse.Namespace) -> dict:
             summary[f"extraction_{name}"] = json.loads(info.read_text())
     summary["trajectories"] = analyse_trajectories(trajectories, out, args)
     summary["classification"] = analyse_labels(trajectories, clips, out, args)
-    summary["phase_probe"] = analyse_phases(trajectories, args)
+    summary["probes"] = analyse_probes(trajectories, args)
+    summary["phase_probe"] = probes.legacy_phase_probe(summary["probes"]["phase"])
+    figures.plot_probes(summary["probes"], out / "probes.png")
     summary["figures"] = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     return summary
@@ -388,12 +433,14 @@ def _json_default(value):
 def report(args: argparse.Namespace) -> int:
     """main() for the command line: run it and print one line of results."""
     result = main(args)
-    cls, probe = result["classification"], result["phase_probe"]
+    cls = result["classification"]
+    margins = [f"{name} {probe['metric']} {probe['trained'][probe['metric']]:.3f} (margin over raw pixels "
+               + ("missing" if probe["margin_over_pixels"] is None else f"{probe['margin_over_pixels']:+.3f}") + ")"
+               for name, probe in result["probes"].items() if probe is not None]
     print(f"analysed {result['trajectories']['n_embryos']} trajectories -> {Path(args.out) / 'summary.json'}; "
           f"outliers: {len(result['trajectories']['outliers']['embryos'])}"
-          + (f"; classifier AUC {cls['roc_auc']}" if cls and cls.get("roc_auc") is not None else "")
-          + (f"; phase probe {probe['accuracy']:.3f} vs baseline {probe['majority_baseline_accuracy']:.3f}"
-             if probe else ""))
+          + (f"; classifier AUC {cls['roc_auc']:.3f}" if cls and cls.get("roc_auc") is not None else "")
+          + "".join(f"; {m}" for m in margins))
     return 0
 
 

@@ -204,3 +204,25 @@ def plot_classifier(metrics: dict, title: str, roc_path: Path, cm_path: Path) ->
     _save(fig, cm_path)
     written.append(cm_path.name)
     return written
+
+
+PROBE_BARS = {"trained": "tab:blue", "untrained": "tab:gray", "pixels": "tab:orange", "majority": "0.75"}
+
+
+def plot_probes(probes: dict, path: Path) -> None:
+    """Each probe's headline metric for the trained latents beside its controls (missing ones marked)."""
+    present = {name: probe for name, probe in probes.items() if probe is not None}
+    fig, axes = plt.subplots(1, max(len(present), 1), figsize=(4.5 * max(len(present), 1), 4), squeeze=False)
+    for ax, (name, probe) in zip(axes[0], present.items(), strict=False):
+        metric = probe["metric"]
+        values = [probe[k].get(metric, np.nan) for k in PROBE_BARS]
+        bars = ax.bar(list(PROBE_BARS), np.nan_to_num(values), color=list(PROBE_BARS.values()))
+        ax.bar_label(bars, labels=["missing" if np.isnan(v) else f"{v:.2f}" for v in values], fontsize=8)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_ylabel({"r2": "$R^2$"}.get(metric, metric.replace("_", " ")))
+        margin = probe["margin_over_pixels"]
+        ax.set_title(f"{name} probe ({probe['n_embryos']} embryos, grouped folds)\ntrained - pixels: "
+                     + ("missing" if margin is None else f"{margin:+.3f}"), fontsize=9)
+    if not present:
+        axes[0, 0].text(0.5, 0.5, "no probe: no phases and fewer than two trajectories", ha="center")
+    _save(fig, path)

@@ -13,34 +13,38 @@ OUTLIER_COLUMNS = ("trajectory_length", "start_end_distance", "mean_speed", "max
 
 # ----------------------------------------------------------------------------- geometry
 
-def reduce_dims(z: np.ndarray, n_components: int = 30) -> np.ndarray:
+def reduce_dims(z: np.ndarray, n_components: int = 2) -> np.ndarray:
     """PCA of a trajectory (n, C) to at most n_components (and at most n - 1) dimensions."""
     k = max(1, min(n_components, z.shape[0] - 1, z.shape[1]))
     return PCA(n_components=k, svd_solver="full").fit_transform(z)
 
 
-def tphate_embedding(z: np.ndarray, pca_dims: int = 30, knn: int = 5, seed: int = 0) -> tuple[np.ndarray, str]:
-    """2-D T-PHATE embedding of one trajectory (n, C) -> ((n, 2), method).
+def tphate_embedding(z: np.ndarray, n_pca: int = 30, knn: int = 5, seed: int = 0) -> tuple[np.ndarray, str, int | None]:
+    """2-D T-PHATE embedding of one trajectory (n, C) -> ((n, 2), method, autocorrelation dropoff in frames).
 
-    method is "tphate"; for trajectories too short for a kNN graph (< 2 * knn points) it is "pca",
-    and "constant" when the trajectory does not move at all (embedding all zeros).
+    T-PHATE gets the latents themselves: its `n_pca` reduces them for the kNN graph only, while its
+    autocorrelation view averages the autocorrelation of every input column with equal weight, so a
+    pre-reduced copy (whose many low-variance components decorrelate at once) would flatten that view.
+    method is "tphate"; for trajectories too short for a kNN graph (< 2 * knn points) it is "pca" (the first
+    two principal components), and "constant" when the trajectory does not move at all (embedding all zeros);
+    the dropoff is None for both.
     """
     n = z.shape[0]
     if n < 2 or np.allclose(z, z[0]):
-        return np.zeros((n, 2)), "constant"
-    reduced = reduce_dims(z, pca_dims)
+        return np.zeros((n, 2)), "constant", None
     if n < 2 * knn:
+        reduced = reduce_dims(z, 2)
         out = np.zeros((n, 2))
-        out[:, :min(2, reduced.shape[1])] = reduced[:, :2]
-        return out, "pca"
+        out[:, :reduced.shape[1]] = reduced
+        return out, "pca", None
     import tphate  # imported here: it takes seconds and only this function needs it
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        operator = tphate.TPHATE(n_components=2, knn=knn, n_pca=None, n_landmark=None, verbose=0,
+        operator = tphate.TPHATE(n_components=2, knn=knn, n_pca=n_pca, n_landmark=None, verbose=0,
                                  random_state=seed, n_jobs=1)
-        embedding = operator.fit_transform(reduced)
-    return np.asarray(embedding, dtype=np.float64), "tphate"
+        embedding = operator.fit_transform(z)
+    return np.asarray(embedding, dtype=np.float64), "tphate", int(operator.dropoff)
 
 
 def speed_curve(z: np.ndarray) -> np.ndarray:
@@ -122,6 +126,15 @@ def persistence_entropy(diagram: np.ndarray) -> float:
         return 0.0
     p = lifetimes / lifetimes.sum()
     return float(-(p * np.log(p)).sum())
+
+
+def persistence_summary(dgms: list[np.ndarray]) -> dict:
+    """Total persistence and persistence entropy of H0 and H1, number of H1 bars and the longest finite one."""
+    h1_life = finite_lifetimes(dgms[1])
+    return {"h0_total_persistence": total_persistence(dgms[0]), "h1_total_persistence": total_persistence(dgms[1]),
+            "h0_persistence_entropy": persistence_entropy(dgms[0]),
+            "h1_persistence_entropy": persistence_entropy(dgms[1]),
+            "h1_n_bars": int(len(dgms[1])), "h1_max_persistence": float(h1_life.max()) if len(h1_life) else 0.0}
 
 
 def betti_curve(diagram: np.ndarray, radii: np.ndarray) -> np.ndarray:

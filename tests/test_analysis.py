@@ -2,15 +2,21 @@
 and the whole CLI on a hand-made latents folder."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.decomposition import PCA
 
 import analyze_latents as al
 import latent_geometry as geometry
 import latent_probes as probes
-from cli import InputError
+from cli import PIXELS_KEY, UNTRAINED_KEY, InputError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_speed_of_constant_velocity_line():
@@ -108,10 +114,56 @@ def test_phase_probe_beats_the_majority_baseline():
     centers = {"t2": 0.0, "t4": 3.0, "tB": 6.0}
     x = np.array([centers[p] for p in phases])[:, None] + rng.normal(scale=0.5, size=(240, 4))
     groups = np.repeat([f"E{i}" for i in range(6)], 40)
-    result = probes.phase_probe(x, phases, groups, n_splits=3)
-    assert result["majority_baseline_accuracy"] == pytest.approx(0.5)
-    assert result["accuracy"] > 0.9
+    result = probes.phase_probe({"trained": x, "untrained": "not extracted"}, phases, groups, n_splits=3)
+    assert result["majority"]["accuracy"] == pytest.approx(0.5)
+    assert result["majority"]["balanced_accuracy"] == pytest.approx(1 / 3)
+    assert result["trained"]["accuracy"] > 0.9 and result["trained"]["balanced_accuracy"] > 0.9
     assert result["classes"] == ["t2", "t4", "tB"] and result["folds"] == 3
+    assert result["untrained"] == {"missing": "not extracted"} and "missing" in result["pixels"]
+    assert result["margin_over_pixels"] is None
+
+
+def test_hours_probe_recovers_a_known_linear_relation():
+    rng = np.random.default_rng(5)
+    groups = np.repeat([f"E{i}" for i in range(5)], 30)
+    hours = np.tile(np.arange(30) * 0.5, 5)  # 0 .. 14.5 h in every embryo
+    x = np.c_[2.0 * hours + 3.0, rng.normal(size=(150, 3))]  # hours = (x0 - 3) / 2 exactly
+    noise = rng.normal(size=(150, 4))
+    result = probes.hours_probe({"trained": x, "untrained": noise, "pixels": rng.uniform(size=(150, 50))},
+                                hours, groups, n_splits=5)
+    assert result["metric"] == "r2" and result["folds"] == 5 and result["n_embryos"] == 5
+    assert result["trained"]["r2"] > 0.999 and result["trained"]["mae"] < 0.05
+    assert result["majority"]["r2"] == pytest.approx(0.0, abs=1e-9)  # every fold's training mean is 7.25 h
+    assert result["majority"]["mae"] == pytest.approx(np.abs(hours - 7.25).mean())
+    assert result["untrained"]["r2"] < 0.2 and result["pixels"]["r2"] < 0.2
+    assert result["pixels"]["pca_components"] == 4  # PCA to the latent width
+    assert result["margin_over_pixels"] == pytest.approx(result["trained"]["r2"] - result["pixels"]["r2"])
+
+
+def _acf_dropoff(x):
+    """First lag where the column-averaged autocorrelation drops below 0: what tphate's autocorrelation view uses
+    (statsmodels acf of each input column, averaged with equal weight)."""
+    x = x - x.mean(axis=0)
+    acf = np.stack([(x[:len(x) - k] * x[k:]).sum(axis=0) for k in range(len(x))]) / (x ** 2).sum(axis=0)
+    return int(np.flatnonzero(acf.mean(axis=1) < 0)[0])
+
+
+def test_tphate_gets_the_latents_so_its_autocorrelation_is_not_flattened():
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 120)
+    curve = np.c_[np.cos(3 * t), np.sin(3 * t), t]  # a smooth path in 3 dimensions ...
+    z = curve @ rng.normal(size=(3, 32)) + 0.02 * rng.normal(size=(120, 32))  # ... spread over 32 latent channels
+    _, method, dropoff = geometry.tphate_embedding(z, n_pca=30, knn=5, seed=0)
+    pre_reduced = PCA(n_components=30).fit_transform(z)  # 3 smooth components, 27 of low-variance noise
+    assert method == "tphate" and dropoff == _acf_dropoff(z)
+    assert dropoff > 1.5 * _acf_dropoff(pre_reduced)  # feeding a PCA copy would flatten the autocorrelation
+
+
+def test_analysis_modules_import_no_torch():
+    code = ("import sys, analyze_latents, latent_figures, latent_geometry, latent_probes; "
+            "sys.exit('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr or "torch was imported"
 
 
 def test_patient_groups_fall_back_to_embryo_id_prefix():
@@ -124,12 +176,12 @@ def test_patient_groups_fall_back_to_embryo_id_prefix():
 def test_tphate_embedding_of_a_spiral():
     t = np.linspace(0, 4 * np.pi, 60)
     z = np.c_[t * np.cos(t), t * np.sin(t), t, np.zeros(60)]
-    embedding, method = geometry.tphate_embedding(z, pca_dims=3, seed=0)
+    embedding, method, dropoff = geometry.tphate_embedding(z, n_pca=3, seed=0)
     assert method == "tphate" and embedding.shape == (60, 2) and np.isfinite(embedding).all()
-    assert embedding.std(axis=0).min() > 0
-    short, method = geometry.tphate_embedding(z[:6])
-    assert method == "pca" and short.shape == (6, 2)
-    still, method = geometry.tphate_embedding(np.ones((20, 4)))
+    assert embedding.std(axis=0).min() > 0 and dropoff > 1
+    short, method, dropoff = geometry.tphate_embedding(z[:6])
+    assert method == "pca" and short.shape == (6, 2) and dropoff is None
+    still, method, _ = geometry.tphate_embedding(np.ones((20, 4)))
     assert method == "constant" and np.all(still == 0)
 
 
@@ -194,6 +246,8 @@ def test_cli_on_handmade_latents_writes_every_output(tmp_path):
     assert "grouped by patient" in cls["latent_probe"]["source"]  # the latents' own separability, too
     probe = summary["phase_probe"]
     assert probe["n_frames"] == 6 * 30 and probe["n_embryos"] == 6
+    assert "missing" in summary["probes"]["phase"]["pixels"] and summary["probes"]["hours"]["n_embryos"] == 8
+    assert (out / "probes.png").is_file() and "tphate_dropoff" in pd.read_csv(out / "per_embryo.csv")
     assert 0 <= probe["majority_baseline_accuracy"] <= 1 and 0 <= probe["accuracy"] <= 1
     betti = pd.read_csv(out / "betti_curves.csv")
     assert len(betti) == 8 * 100 and (betti["betti_0"] >= 1).all()
@@ -233,3 +287,68 @@ def test_missing_latents_folder_is_a_clear_error(tmp_path):
     (tmp_path / "nothing" / "trajectories" / "metadata.csv").write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match=r"missing columns \['file', 'cell_id', 'label'\]"):
         al.main(args)
+
+
+def _write_probe_latents(root, controls=True, n_embryos=6, n_frames=30, channels=8, n_pixels=64):
+    """Trajectory files as extract_latents.py writes them: z carries the phase and the time since the first frame
+    linearly; z_untrained and pixels (when written) carry only noise."""
+    rng = np.random.default_rng(7)
+    folder = root / "trajectories"
+    folder.mkdir(parents=True)
+    phase_dirs, time_dir = rng.normal(size=(3, channels)), rng.normal(size=channels)
+    phase_index = np.repeat([0, 1, 2], n_frames // 3)
+    rows = []
+    for e in range(n_embryos):
+        since_start = np.arange(n_frames) * 0.5
+        z = 3.0 * phase_dirs[phase_index] + 0.3 * np.outer(since_start, time_dir)
+        arrays = {"z": (z + 0.1 * rng.normal(size=z.shape)).astype(np.float32), "frame_indices": np.arange(n_frames),
+                  "hours": (20.0 + 3 * e + since_start).astype(np.float32),  # each recording starts at another hour
+                  "phase": np.array(["t2", "t4", "tB"])[phase_index]}
+        if controls:
+            arrays[UNTRAINED_KEY] = rng.normal(size=z.shape).astype(np.float32)
+            arrays[PIXELS_KEY] = rng.uniform(size=(n_frames, n_pixels)).astype(np.float32)
+        np.savez(folder / f"{e:05d}_E{e}.npz", **arrays)
+        rows.append({"file": f"{e:05d}_E{e}.npz", "cell_id": f"E{e}", "label": 1})
+    pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
+    return root
+
+
+def _analyse(tmp_path, latents, *flags):
+    args = al.get_args_parser().parse_args(["--latents", str(latents), "--out", str(tmp_path / "analysis"),
+                                            "--cv_folds", "3", "--max_embryo_plots", "0", *flags])
+    return al.main(args)
+
+
+def test_probes_report_the_trained_latents_beside_every_control(tmp_path):
+    summary = _analyse(tmp_path, _write_probe_latents(tmp_path / "latents"), "--trim_start", "2")
+    phase, hours = summary["probes"]["phase"], summary["probes"]["hours"]
+    assert phase["n_frames"] == hours["n_frames"] == 6 * 28 and phase["n_embryos"] == 6
+    assert phase["trained"]["balanced_accuracy"] > 0.9
+    assert phase["pixels"]["balanced_accuracy"] < 0.6 and phase["untrained"]["balanced_accuracy"] < 0.6
+    assert phase["majority"]["balanced_accuracy"] == pytest.approx(1 / 3, abs=0.05)
+    assert phase["margin_over_pixels"] > 0.3 and phase["pixels"]["pca_components"] == 8
+    assert hours["unit"] == "hours" and hours["trained"]["r2"] > 0.9 and hours["trained"]["mae"] < 1.0
+    assert hours["pixels"]["r2"] < 0.3 and hours["untrained"]["r2"] < 0.3 and hours["majority"]["r2"] <= 0
+    assert hours["margin_over_pixels"] > 0.6
+    assert summary["phase_probe"]["accuracy"] == phase["trained"]["accuracy"]  # the older key still holds
+    assert (tmp_path / "analysis" / "probes.png").is_file()
+
+
+def test_missing_controls_are_reported_as_missing_and_probes_subsample(tmp_path):
+    summary = _analyse(tmp_path, _write_probe_latents(tmp_path / "latents", controls=False),
+                       "--probe_max_frames", "60")
+    for probe in summary["probes"].values():
+        assert probe["n_frames"] == 60
+        assert "z_untrained" in probe["untrained"]["missing"] and "pixels" in probe["pixels"]["missing"]
+        assert probe["margin_over_pixels"] is None and probe["metric"] in probe["trained"]
+    assert (tmp_path / "analysis" / "probes.png").is_file()
+
+
+def test_control_rows_must_match_the_latents(tmp_path):
+    latents = _write_probe_latents(tmp_path / "latents")
+    path = latents / "trajectories" / "00003_E3.npz"
+    with np.load(path) as data:
+        arrays = dict(data)
+    np.savez(path, **{**arrays, PIXELS_KEY: arrays[PIXELS_KEY][:-1]})
+    with pytest.raises(InputError, match=r"00003_E3.npz: pixels has shape \(29, 64\), expected 30 rows"):
+        _analyse(tmp_path, latents)
