@@ -1,4 +1,7 @@
-"""Print where `make demo` put its outputs and the headline numbers that show the model learned."""
+"""Print where `make demo` put its outputs and the headline numbers that show the model learned.
+
+The first number is the trained latents' margin over raw pixels; every probe stands beside its controls.
+"""
 
 import argparse
 import json
@@ -13,13 +16,46 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+FEATURE_SETS = ("trained", "untrained", "pixels", "majority")  # as in summary.json's `probes`
+
+
+def _metric_name(metric: str) -> str:
+    return {"r2": "R^2"}.get(metric, metric.replace("_", " "))
+
+
+def _margins(probes: dict) -> str:
+    """Trained minus raw pixels for every probe: the first headline number."""
+    parts = [f"{name} {_metric_name(probe['metric'])} "
+             + ("missing (no pixels in the latents)" if probe["margin_over_pixels"] is None
+                else f"{probe['margin_over_pixels']:+.3f}")
+             for name, probe in probes.items() if probe is not None]
+    return ", ".join(parts) or "no probe could run (no phases, fewer than two recordings)"
+
+
+def _probe_line(probe: dict | None, with_mae: bool) -> str:
+    """One probe's headline metric for the trained latents and each control."""
+    if probe is None:
+        return "not run (no annotated frames or fewer than two embryos)"
+    metric = probe["metric"]
+    values = []
+    for name in FEATURE_SETS:
+        result = probe[name]
+        if "missing" in result:
+            values.append(f"{name} missing")
+            continue
+        mae = f" (MAE {result['mae']:.2f} {probe.get('unit', '')})" if with_mae else ""
+        values.append(f"{name} {result[metric]:.3f}{mae}")
+    return (f"{_metric_name(metric)}: " + ", ".join(values)
+            + f" ({probe['n_embryos']} embryos, folds grouped by embryo)")
+
+
 def headline(demo_dir: Path) -> list[str]:
     """The lines of the report; raises FileNotFoundError when a step's output is missing."""
     history = json.loads((demo_dir / "logs" / "training_log.json").read_text())
     summary = json.loads((demo_dir / "analysis" / "summary.json").read_text())
     first, last = history[0], history[-1]
     best = min(history, key=lambda e: e["val_total"])
-    cls, probe = summary["classification"], summary["phase_probe"]
+    cls, probes = summary["classification"], summary["probes"]
     val_auc = cls.get("by_split", {}).get("val", {}).get("roc_auc")
     lines = [
         "Outputs",
@@ -30,14 +66,15 @@ def headline(demo_dir: Path) -> list[str]:
         f"  latents         {demo_dir / 'latents'} (trajectories/, clips/)",
         f"  analysis        {demo_dir / 'analysis'} (summary.json, {len(summary['figures'])} figures)",
         "Headline numbers",
+        f"  margin over pixels   {_margins(probes)} (trained latents minus the same probe on raw pixels)",
+        f"  phase probe          {_probe_line(probes['phase'], with_mae=False)}",
+        f"  hours probe          {_probe_line(probes['hours'], with_mae=True)}",
         f"  validation MS-SSIM   epoch 1: {1 - first['val_ms_ssim']:.3f}   epoch {last['epoch']}: "
         f"{1 - last['val_ms_ssim']:.3f}   (validation loss {first['val_total']:.3f} -> {best['val_total']:.3f}, "
         f"best at epoch {best['epoch']})",
         f"  empty vs embryo      ROC AUC {cls['roc_auc']:.3f} on all wells"
         + (f", {val_auc:.3f} on validation wells" if val_auc is not None else "")
         + f" ({cls['source'].split(' (')[0]})",
-        f"  phase probe          accuracy {probe['accuracy']:.3f} vs majority baseline "
-        f"{probe['majority_baseline_accuracy']:.3f} ({probe['n_embryos']} embryos, folds grouped by embryo)",
     ]
     return lines
 
@@ -47,6 +84,9 @@ def main(args) -> int:
         print("\n".join(headline(Path(args.demo_dir))))
     except FileNotFoundError as error:
         print(f"demo_report.py: error: {error.filename} is missing; run `make demo` first", file=sys.stderr)
+        return 2
+    except KeyError as error:
+        print(f"demo_report.py: error: summary.json has no {error}; re-run analyze_latents.py", file=sys.stderr)
         return 2
     return 0
 

@@ -36,13 +36,24 @@ def test_report_prints_outputs_and_headline_numbers(tmp_path, capsys):
     summary = {"figures": ["a.png", "b.png"],
                "classification": {"roc_auc": 0.98, "source": "model classifier probabilities (clips/probs.npy)",
                                   "by_split": {"val": {"roc_auc": 1.0}}},
-               "phase_probe": {"accuracy": 0.7, "majority_baseline_accuracy": 0.15, "n_embryos": 9}}
+               "probes": {
+                   "phase": {"metric": "balanced_accuracy", "n_embryos": 9, "margin_over_pixels": 0.25,
+                             "trained": {"balanced_accuracy": 0.7}, "untrained": {"balanced_accuracy": 0.3},
+                             "pixels": {"balanced_accuracy": 0.45}, "majority": {"balanced_accuracy": 0.0625}},
+                   "hours": {"metric": "r2", "unit": "hours", "n_embryos": 10, "margin_over_pixels": None,
+                             "trained": {"r2": 0.9, "mae": 4.0}, "untrained": {"missing": "no z_untrained"},
+                             "pixels": {"missing": "no pixels"}, "majority": {"r2": -0.01, "mae": 20.0}}}}
     (tmp_path / "analysis" / "summary.json").write_text(json.dumps(summary))
     assert demo_report.main(demo_report.get_args_parser().parse_args(["--demo_dir", str(tmp_path)])) == 0
     out = capsys.readouterr().out
     assert "epoch 1: 0.400   epoch 2: 0.750" in out
     assert "ROC AUC 0.980 on all wells, 1.000 on validation wells" in out
-    assert "accuracy 0.700 vs majority baseline 0.150" in out
+    headline = out.split("Headline numbers\n")[1].splitlines()
+    assert headline[0].split()[:5] == ["margin", "over", "pixels", "phase", "balanced"]  # the first number ...
+    assert "+0.250" in headline[0] and "hours R^2 missing" in headline[0]  # ... is trained minus raw pixels
+    assert ("balanced accuracy: trained 0.700, untrained 0.300, pixels 0.450, majority 0.062 (9 embryos"
+            in headline[1])
+    assert "R^2: trained 0.900 (MAE 4.00 hours), untrained missing, pixels missing, majority -0.010" in headline[2]
     assert "2 figures" in out
 
 

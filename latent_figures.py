@@ -1,0 +1,228 @@
+"""The figures of the latent analysis (matplotlib, sklearn's displays); analyze_latents.py computes the numbers.
+
+Every function takes plain arrays, tables and dicts and writes one PNG. No torch, and nothing imported from
+analyze_latents.py (which imports this module).
+"""
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
+
+LABEL_COLORS = {0: "tab:orange", 1: "tab:blue"}  # empty well, embryo; unknown labels are grey
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def time_axis(traj: dict) -> tuple[np.ndarray, str]:
+    """Hours when every frame has one, else frame index."""
+    if len(traj["hours"]) and np.isfinite(traj["hours"]).all():
+        return traj["hours"], "hours"
+    return traj["frame_indices"].astype(np.float64), "frame index"
+
+
+def phase_palette(order: list[str]) -> dict:
+    """One colour per phase name (given in developmental order), the same in every figure, running along the
+    turbo colour map; '' (no phase) is light grey."""
+    cmap = plt.get_cmap("turbo")
+    return {"": (0.8, 0.8, 0.8, 1.0), **{p: cmap(0.05 + 0.9 * i / max(len(order) - 1, 1)) for i, p in enumerate(order)}}
+
+
+def _phase_legend(ax, palette: dict, present) -> None:
+    present = set(present)
+    for phase, color in palette.items():
+        if phase in present:
+            ax.scatter([], [], color=color, label=phase or "(none)")
+    ax.legend(loc="best", fontsize=6, ncol=2)
+
+
+def _has_phase(traj: dict) -> bool:
+    return bool(len(traj["phase"])) and bool((traj["phase"] != "").any())
+
+
+def plot_tphate(traj: dict, embedding: np.ndarray, method: str, palette: dict, path: Path) -> None:
+    """One trajectory's 2-D embedding coloured by time, and by phase when annotated."""
+    has_phase = _has_phase(traj)
+    fig, axes = plt.subplots(1, 2 if has_phase else 1, figsize=(11 if has_phase else 5.5, 4.5), squeeze=False)
+    time, time_label = time_axis(traj)
+    ax = axes[0, 0]
+    ax.plot(embedding[:, 0], embedding[:, 1], color="0.8", lw=0.8, zorder=1)
+    points = ax.scatter(embedding[:, 0], embedding[:, 1], c=time, cmap="viridis", s=12, zorder=2)
+    ax.scatter(*embedding[0], marker="s", s=50, facecolor="none", edgecolor="k", label="start")
+    ax.scatter(*embedding[-1], marker="*", s=90, color="k", label="end")
+    fig.colorbar(points, ax=ax, label=time_label)
+    ax.set_title(f"{traj['name']}: {method.upper()} by time")
+    ax.legend(loc="best", fontsize=7)
+    if has_phase:
+        ax = axes[0, 1]
+        ax.plot(embedding[:, 0], embedding[:, 1], color="0.8", lw=0.8, zorder=1)
+        ax.scatter(embedding[:, 0], embedding[:, 1], c=[palette[p] for p in traj["phase"]], s=12, zorder=2)
+        _phase_legend(ax, palette, traj["phase"])
+        ax.set_title("by developmental phase")
+    for ax in axes[0]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _save(fig, path)
+
+
+def _label_color(label) -> str:
+    try:
+        value = float(label)
+    except (TypeError, ValueError):
+        return "0.5"
+    return LABEL_COLORS.get(int(value), "0.5") if math.isfinite(value) else "0.5"
+
+
+def plot_population(trajectories: list[dict], planes: list[np.ndarray], ratio: list[float], palette: dict,
+                    path: Path) -> None:
+    """All trajectories in one shared plane (each (n, 2)): lines by time, points by phase or label."""
+    has_phase = any(_has_phase(t) for t in trajectories)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    points = None
+    for traj, xy in zip(trajectories, planes, strict=True):
+        axes[0].plot(xy[:, 0], xy[:, 1], color="0.85", lw=0.5, zorder=1)
+        points = axes[0].scatter(xy[:, 0], xy[:, 1], c=np.linspace(0, 1, len(xy)), cmap="viridis", s=3, zorder=2)
+        if has_phase:
+            axes[1].scatter(xy[:, 0], xy[:, 1], c=[palette[p] for p in traj["phase"]], s=3)
+        else:
+            axes[1].plot(xy[:, 0], xy[:, 1], lw=0.8, color=_label_color(traj["meta"].get("label")))
+    if points is not None:
+        fig.colorbar(points, ax=axes[0], label="fraction of recording")
+    if has_phase:
+        _phase_legend(axes[1], palette, np.concatenate([t["phase"] for t in trajectories]))
+        axes[1].set_title("coloured by developmental phase")
+    else:
+        for label, color in (("0 (empty well)", LABEL_COLORS[0]), ("1 (embryo)", LABEL_COLORS[1]), ("unknown", "0.5")):
+            axes[1].plot([], [], color=color, label=label)
+        axes[1].legend(fontsize=7)
+        axes[1].set_title("coloured by label")
+    axes[0].set_title(f"{len(trajectories)} trajectories, shared PCA plane, by time")
+    for ax in axes:
+        ax.set_xlabel(f"PC1 ({100 * ratio[0]:.0f}% var)")
+        ax.set_ylabel(f"PC2 ({100 * ratio[1]:.0f}% var)" if len(ratio) > 1 else "")
+    _save(fig, path)
+
+
+def plot_speed_curves(trajectories: list[dict], speeds: list[np.ndarray], outlier_names: set, path: Path) -> None:
+    """Speed ||z(t+1) - z(t)|| over time for every embryo; outliers in red, the median curve in black."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    x_label = "frame index"
+    for traj, speed in zip(trajectories, speeds, strict=True):
+        time, x_label = time_axis(traj)
+        outlier = traj["name"] in outlier_names
+        ax.plot(time[1:], speed, color="tab:red" if outlier else "0.6", lw=1.2 if outlier else 0.6,
+                alpha=1.0 if outlier else 0.5, zorder=3 if outlier else 1)
+    same_length = len({len(s) for s in speeds}) == 1
+    if same_length and speeds and len(speeds[0]):
+        time, _ = time_axis(trajectories[0])
+        ax.plot(time[1:], np.median(np.stack(speeds), axis=0), color="k", lw=2, label="median", zorder=4)
+    ax.plot([], [], color="tab:red", label="outlier")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("latent speed ||z(t+1) - z(t)||")
+    ax.set_title("latent speed per embryo")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_outliers(table: pd.DataFrame, threshold: float, columns, path: Path) -> None:
+    """Trajectory length vs start-end distance, and each embryo's largest |robust z| over `columns`."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    normal, outlier = table[~table["is_outlier"]], table[table["is_outlier"]]
+    axes[0].scatter(normal["trajectory_length"], normal["start_end_distance"], s=14, color="tab:blue", label="embryo")
+    axes[0].scatter(outlier["trajectory_length"], outlier["start_end_distance"], s=40, color="tab:red",
+                    marker="x", label="outlier")
+    for _, row in outlier.iterrows():
+        axes[0].annotate(str(row["embryo"]), (row["trajectory_length"], row["start_end_distance"]), fontsize=7)
+    axes[0].set_xlabel("trajectory length")
+    axes[0].set_ylabel("start-end distance")
+    axes[0].legend()
+    order = np.argsort(-table["max_abs_robust_z"].to_numpy())
+    axes[1].bar(np.arange(len(table)), table["max_abs_robust_z"].to_numpy()[order],
+                color=np.where(table["is_outlier"].to_numpy()[order], "tab:red", "tab:blue"))
+    axes[1].axhline(threshold, color="k", ls="--", label=f"threshold {threshold}")
+    axes[1].set_xlabel("embryos, sorted")
+    axes[1].set_ylabel("max |robust z|")
+    axes[1].set_title("over " + ", ".join(columns).replace("_", " "), fontsize=8)
+    axes[1].legend()
+    _save(fig, path)
+
+
+def plot_persistence(names: list[str], diagrams: list[list[np.ndarray]], radii: np.ndarray,
+                     betti: np.ndarray, example: int, path: Path) -> None:
+    """Example H0/H1 diagram, all embryos' H1 bars, and Betti-0/1 curves (each embryo faint, mean bold)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    top = radii[-1] if len(radii) else 1.0
+    for ax in axes[:2]:
+        ax.plot([0, top], [0, top], color="0.6", lw=0.8)
+        ax.set_xlabel("birth")
+        ax.set_ylabel("death")
+    for dim, color in ((0, "tab:blue"), (1, "tab:orange")):
+        dgm = diagrams[example][dim]
+        if len(dgm):
+            deaths = np.where(np.isfinite(dgm[:, 1]), dgm[:, 1], top)
+            axes[0].scatter(dgm[:, 0], deaths, s=14, color=color, label=f"H{dim}")
+        for curve in betti[:, dim]:
+            axes[2].plot(radii, curve, color=color, alpha=0.15, lw=0.6)
+        axes[2].plot(radii, betti[:, dim].mean(axis=0), color=color, lw=2, label=f"mean Betti-{dim}")
+    axes[0].set_title(f"{names[example]} (largest H1 persistence)")
+    axes[0].legend()
+    for dgms in diagrams:
+        if len(dgms[1]):
+            axes[1].scatter(dgms[1][:, 0], dgms[1][:, 1], s=6, color="tab:orange", alpha=0.4)
+    axes[1].set_title("H1 bars of all embryos")
+    axes[2].set_yscale("symlog")
+    axes[2].set_xlabel("radius")
+    axes[2].set_ylabel("Betti number")
+    axes[2].legend()
+    axes[2].set_title("Betti curves")
+    _save(fig, path)
+
+
+def plot_classifier(metrics: dict, title: str, roc_path: Path, cm_path: Path) -> list[str]:
+    """ROC curve (binary) and confusion matrix figures from classification metrics; returns the files written."""
+    written = []
+    if metrics["roc_curve"] is not None:
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        RocCurveDisplay(fpr=np.asarray(metrics["roc_curve"]["fpr"]), tpr=np.asarray(metrics["roc_curve"]["tpr"]),
+                        roc_auc=metrics["roc_auc"]).plot(ax=ax, plot_chance_level=True)
+        ax.set_title(title, fontsize=9)
+        _save(fig, roc_path)
+        written.append(roc_path.name)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ConfusionMatrixDisplay(np.asarray(metrics["confusion_matrix"])).plot(ax=ax, cmap="Blues", colorbar=True)
+    ax.set_title(f"confusion matrix (accuracy {metrics['accuracy']:.3f})", fontsize=9)
+    _save(fig, cm_path)
+    written.append(cm_path.name)
+    return written
+
+
+PROBE_BARS = {"trained": "tab:blue", "untrained": "tab:gray", "pixels": "tab:orange", "majority": "0.75"}
+
+
+def plot_probes(probes: dict, path: Path) -> None:
+    """Each probe's headline metric for the trained latents beside its controls (missing ones marked)."""
+    present = {name: probe for name, probe in probes.items() if probe is not None}
+    fig, axes = plt.subplots(1, max(len(present), 1), figsize=(4.5 * max(len(present), 1), 4), squeeze=False)
+    for ax, (name, probe) in zip(axes[0], present.items(), strict=False):
+        metric = probe["metric"]
+        values = [probe[k].get(metric, np.nan) for k in PROBE_BARS]
+        bars = ax.bar(list(PROBE_BARS), np.nan_to_num(values), color=list(PROBE_BARS.values()))
+        ax.bar_label(bars, labels=["missing" if np.isnan(v) else f"{v:.2f}" for v in values], fontsize=8)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_ylabel({"r2": "$R^2$"}.get(metric, metric.replace("_", " ")))
+        margin = probe["margin_over_pixels"]
+        ax.set_title(f"{name} probe ({probe['n_embryos']} embryos, grouped folds)\ntrained - pixels: "
+                     + ("missing" if margin is None else f"{margin:+.3f}"), fontsize=9)
+    if not present:
+        axes[0, 0].text(0.5, 0.5, "no probe: no phases and fewer than two trajectories", ha="center")
+    _save(fig, path)

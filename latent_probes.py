@@ -1,0 +1,215 @@
+"""Supervised numbers of the latent analysis: classifier metrics, and probes beside their controls.
+
+A probe (phase: classification; hours since the first frame: regression) is cross-validated with folds grouped
+by embryo on each feature set: the trained latents, the latents of an untrained model of the same config, and
+the raw pixels of the same frames, PCA-reduced to the latent width inside the pipeline (fitted on the training
+folds only); beside the baseline that predicts the training folds' majority class (or mean). A feature set given
+as a string is missing, the string saying why. No torch; analyze_latents.py gathers the features.
+"""
+
+import warnings
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    mean_absolute_error,
+    r2_score,
+    roc_auc_score,
+    roc_curve,
+)
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from cli import InputError
+from frames_io import PHASES
+
+FEATURE_SETS = ("trained", "untrained", "pixels")  # the latents, then the controls
+BASELINE = "majority"  # the training folds' majority class (phase) or mean (hours)
+CONTROLS = (*FEATURE_SETS[1:], BASELINE)
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
+    """Accuracy, balanced accuracy, ROC AUC, confusion matrix and (binary) ROC curve from probabilities (N, K)."""
+    y_true = np.asarray(y_true, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    n_classes = probs.shape[1]
+    pred = probs.argmax(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true" when one class is labelled
+        balanced = float(balanced_accuracy_score(y_true, pred))
+    out = {
+        "n": int(len(y_true)),
+        "class_counts": {str(c): int((y_true == c).sum()) for c in range(n_classes)},
+        "accuracy": float(accuracy_score(y_true, pred)),
+        "balanced_accuracy": balanced,
+        "confusion_matrix": confusion_matrix(y_true, pred, labels=list(range(n_classes))).tolist(),
+        "roc_auc": None,
+        "roc_curve": None,
+    }
+    if len(np.unique(y_true)) < 2:
+        out["roc_auc_note"] = "only one class among the labelled items: ROC AUC is undefined"
+        return out
+    if n_classes == 2:
+        out["roc_auc"] = float(roc_auc_score(y_true, probs[:, 1]))
+        fpr, tpr, _ = roc_curve(y_true, probs[:, 1])
+        out["roc_curve"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+    else:
+        out["roc_auc"] = float(roc_auc_score(y_true, probs, multi_class="ovr", labels=list(range(n_classes))))
+    return out
+
+
+def _pipeline(estimator, x_train: np.ndarray, width: int | None, seed: int):
+    """Standardise, then `estimator`; with `width`, PCA to that many components first (fitted on x_train only)."""
+    if width is None:
+        return make_pipeline(StandardScaler(), estimator)
+    pca = PCA(n_components=min(width, *x_train.shape), random_state=seed)
+    return make_pipeline(pca, StandardScaler(), estimator)
+
+
+def _fit_predict_proba(x_train, y_train, x_test, classes: np.ndarray, seed: int, width: int | None = None):
+    """Probabilities (n_test, len(classes)) from a standardised logistic regression; one-class folds predict it."""
+    probs = np.zeros((len(x_test), len(classes)))
+    present = np.unique(y_train)
+    if len(present) == 1:
+        probs[:, np.searchsorted(classes, present[0])] = 1.0
+        return probs
+    model = _pipeline(LogisticRegression(max_iter=2000, random_state=seed), x_train, width, seed).fit(x_train, y_train)
+    probs[:, np.searchsorted(classes, model.classes_)] = model.predict_proba(x_test)
+    return probs
+
+
+def grouped_cv_probabilities(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_splits: int = 5,
+                             seed: int = 0) -> tuple[np.ndarray, int]:
+    """Out-of-fold probabilities (N, n_classes) of a logistic regression, folds grouped (and stratified) by group.
+
+    Returns (probs, folds used). Needs at least two groups.
+    """
+    classes = np.arange(int(y.max()) + 1)
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise InputError("cross-validation needs at least two patients/groups")
+    folds = min(n_splits, n_groups)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    probs = np.zeros((len(y), len(classes)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # small classes per fold warn in StratifiedGroupKFold
+        for train, test in splitter.split(x, y, groups):
+            probs[test] = _fit_predict_proba(x[train], y[train], x[test], classes, seed)
+    return probs, folds
+
+
+def ordered_phases(names) -> list[str]:
+    """Distinct phase names, known ones in developmental order, then unknown ones sorted; '' dropped."""
+    present = {str(n) for n in names} - {""}
+    return [p for p in PHASES if p in present] + sorted(present - set(PHASES))
+
+
+def probe_rows(masks: list[np.ndarray], max_frames: int, seed: int) -> list[np.ndarray]:
+    """Per trajectory, the rows a probe uses: those its mask marks, at most max_frames in all (seeded sample)."""
+    rows = [np.flatnonzero(mask) for mask in masks]
+    owner = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+    if len(owner) > max_frames:
+        keep = np.sort(np.random.default_rng(seed).choice(len(owner), max_frames, replace=False))
+        flat, owner = np.concatenate(rows)[keep], owner[keep]
+        rows = [flat[owner == k] for k in range(len(rows))]
+    return rows
+
+
+def elapsed(traj: dict) -> tuple[np.ndarray, str]:
+    """Time since the trajectory's first frame: in hours when every frame has one, else in frames."""
+    if len(traj["hours"]) and np.isfinite(traj["hours"]).all():
+        return traj["hours"] - traj["hours"][0], "hours"
+    frames = traj["frame_indices"] if len(traj["frame_indices"]) == len(traj["z"]) else np.arange(len(traj["z"]))
+    return (frames - frames[0]).astype(np.float64), "frames"
+
+
+def _grouped_folds(groups: np.ndarray, n_splits: int, what: str) -> list:
+    """(train, test) index pairs of GroupKFold, as many folds as asked and groups allow (at least two groups)."""
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise InputError(f"the {what} probe needs at least two embryos")
+    return list(GroupKFold(n_splits=min(n_splits, n_groups)).split(groups, groups=groups))
+
+
+def _probe(features: dict, y: np.ndarray, groups: np.ndarray, folds: list, fit_predict, baseline, score,
+           metric: str) -> dict:
+    """Out-of-fold predictions of every feature set and the baseline, scored; margin of trained over pixels.
+
+    fit_predict(x_train, y_train, x_test, width) and baseline(y_train, n_test) return predictions; score(y, pred)
+    returns a dict holding `metric`, the headline. Pixels are PCA-reduced to the latents' width.
+    """
+    width = features["trained"].shape[1]
+    result = {"n_frames": int(len(y)), "n_embryos": int(len(np.unique(groups))), "folds": len(folds),
+              "metric": metric}
+    predictors = {name: features.get(name, "not given") for name in FEATURE_SETS}
+    predictors[BASELINE] = None
+    for name, x in predictors.items():
+        if isinstance(x, str):
+            result[name] = {"missing": x}
+            continue
+        pred = np.zeros(len(y), dtype=y.dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # lbfgs convergence notes on tiny folds
+            for train, test in folds:
+                pred[test] = (baseline(y[train], len(test)) if x is None else
+                              fit_predict(x[train], y[train], x[test], width if name == "pixels" else None))
+        result[name] = score(y, pred)
+        if name == "pixels":
+            result[name]["pca_components"] = int(min(width, x.shape[1]))
+    result["margin_over_pixels"] = (result["trained"][metric] - result["pixels"][metric]
+                                    if metric in result["pixels"] else None)
+    return result
+
+
+def phase_probe(features: dict, phases: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 0) -> dict:
+    """Logistic regression features (N, d) -> developmental phase for every feature set, folds grouped by embryo;
+    balanced accuracy (the headline), accuracy and confusion matrix."""
+    phases = np.asarray(phases).astype(str)
+    classes = np.array(ordered_phases(phases))
+    index = {phase: i for i, phase in enumerate(classes)}
+    y = np.array([index[p] for p in phases], dtype=np.int64)
+    labels = list(range(len(classes)))
+
+    def fit_predict(x_train, y_train, x_test, width):
+        return _fit_predict_proba(x_train, y_train, x_test, np.arange(len(classes)), seed, width).argmax(1)
+
+    def score(y_true, pred):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
+            return {"balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
+                    "accuracy": float(accuracy_score(y_true, pred)),
+                    "confusion_matrix": confusion_matrix(y_true, pred, labels=labels).tolist()}
+
+    result = _probe(features, y, groups, _grouped_folds(groups, n_splits, "phase"), fit_predict,
+                    lambda y_train, n: np.full(n, np.bincount(y_train, minlength=len(classes)).argmax()), score,
+                    "balanced_accuracy")
+    return {"classes": classes.tolist(), **result}
+
+
+def hours_probe(features: dict, hours: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 0) -> dict:
+    """Ridge regression features (N, d) -> time since the first frame for every feature set, folds grouped by
+    embryo; R^2 (the headline) and mean absolute error (in the target's unit)."""
+    y = np.asarray(hours, dtype=np.float64)
+
+    def fit_predict(x_train, y_train, x_test, width):
+        model = _pipeline(RidgeCV(alphas=np.logspace(-3, 3, 13)), x_train, width, seed)
+        return model.fit(x_train, y_train).predict(x_test)
+
+    def score(y_true, pred):
+        return {"r2": float(r2_score(y_true, pred)), "mae": float(mean_absolute_error(y_true, pred))}
+
+    return _probe(features, y, groups, _grouped_folds(groups, n_splits, "hours"), fit_predict,
+                  lambda y_train, n: np.full(n, y_train.mean()), score, "r2")
+
+
+def legacy_phase_probe(phase: dict | None) -> dict | None:
+    """The trained latents' phase probe in the form of the older `probes.phase_probe` summary key."""
+    if phase is None:
+        return None
+    return {**{k: phase[k] for k in ("n_frames", "n_embryos", "folds", "classes")}, **phase["trained"],
+            "majority_baseline_accuracy": phase["majority"]["accuracy"]}
