@@ -9,14 +9,24 @@ embryo (label 1) that goes through the phases tPB2 ... tHB: one cell with polar 
 pronuclei, cleavage to 2..8 and 9+ cells, compaction (morula), then a blastocyst whose cavity
 grows, expands and hatches. Wells drift slowly, with sensor noise and lamp flicker.
 Embryo ids are `<patient>-<n>` (e.g. `AA83-2`) with several embryos per patient.
+
+By default every well is also recorded the way a different clinic's microscope would record it
+(`WellNuisance`, drawn once per well from the well's own seeded generator): the well and embryo sit
+off-centre by up to 15% of the frame and drift slowly, the zona up to 15% larger or smaller, gain,
+offset and focus differ, the illumination changes slowly over the recording, debris specks float in
+the medium, and a time stamp is burnt into a corner of every frame. So no fixed pixel tells the
+phase. `centred=True` (`--centred`) gives the old form: centred wells of equal size and brightness,
+frame for frame the same as before. The phases and hours do not depend on it.
 """
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
+
+import cli
 
 PHASES = ("tPB2", "tPNa", "tPNf", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9+",
           "tM", "tSB", "tB", "tEB", "tHB")
@@ -123,29 +133,135 @@ def _draw_embryo(img, s, center, phase_name, progress, angle, rng_frame):
         _draw_cell(img, (cx + inner * 0.8 * np.cos(fa), cy + inner * 0.8 * np.sin(fa)), 0.015, s, 0.7)
 
 
-def _background(s):
-    """Well background: gray with a vignette and the dark well edge."""
+def _background(s, shift=(0.0, 0.0)):
+    """Well background: gray with a vignette and the dark well edge; `shift` moves the well in the field."""
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s - 0.5
+    xx, yy = xx - shift[0], yy - shift[1]
     rr = np.sqrt(xx ** 2 + yy ** 2)
     bg = 0.55 - 0.25 * rr ** 2
     bg[rr > 0.47] = 0.22
     return bg.astype(np.float32)
 
 
-def render_well(rng, n_frames, size, embryo):
-    """Render one well: (n_frames, size, size) uint8 frames, hours and phase index per frame."""
+@dataclass
+class WellNuisance:
+    """How one clinic's microscope and incubator record one well: everything that varies between wells
+    (and slowly within a recording) but says nothing about the embryo. Lengths are fractions of the frame
+    unless they say pixels; per-frame fields have one entry per frame."""
+
+    offset: np.ndarray  # (2,) x, y shift of the well and embryo in the field
+    drift: np.ndarray  # (2,) embryo's slow drift over the whole recording
+    zoom: float  # zona (and embryo) size factor
+    gain: float  # pixel = gain * signal + bias (contrast and brightness)
+    bias: float
+    blur_sigma: np.ndarray  # (n_frames,) focus blur, pixels; 0 = in focus
+    lamp: np.ndarray  # (n_frames,) global illumination factor, changing slowly
+    gradient: np.ndarray  # (size, size) linear illumination ramp across the field, within [-0.71, 0.71]
+    gradient_amp: np.ndarray  # (n_frames,) its slowly changing strength
+    speck_xy: np.ndarray  # (k, 2) debris positions at the first frame
+    speck_velocity: np.ndarray  # (k, 2) debris drift per frame (0 for specks stuck to the dish)
+    speck_radius: np.ndarray  # (k,) pixels
+    speck_value: np.ndarray  # (k,) intensity: dark or bright specks
+    stamp_corner: int  # -1: no time stamp; else 0..3 = top-left, top-right, bottom-left, bottom-right
+    clock_start_h: float  # incubator wall clock (hours of the day) when culture hour 0 was
+
+    @classmethod
+    def centred(cls, n_frames, size):
+        """No nuisance: the old centred, equal-size, equal-brightness wells."""
+        return cls(offset=np.zeros(2), drift=np.zeros(2), zoom=1.0, gain=1.0, bias=0.0,
+                   blur_sigma=np.zeros(n_frames), lamp=np.ones(n_frames), gradient=np.zeros((size, size), np.float32),
+                   gradient_amp=np.zeros(n_frames), speck_xy=np.zeros((0, 2)), speck_velocity=np.zeros((0, 2)),
+                   speck_radius=np.zeros(0), speck_value=np.zeros(0), stamp_corner=-1, clock_start_h=0.0)
+
+
+def _slow_wave(rng, n_frames):
+    """A smooth curve over the recording in [-1, 1]: at most 1.5 periods, with a random phase."""
+    t = np.arange(n_frames) / max(n_frames, 1)
+    return np.sin(2 * np.pi * (rng.uniform(0.2, 1.5) * t + rng.uniform(0, 1)))
+
+
+def draw_nuisance(rng, n_frames, size):
+    """Draw one well's WellNuisance from its own generator (so each well is deterministic given the seed)."""
+    direction, reach = rng.uniform(0, 2 * np.pi), 0.15 * np.sqrt(rng.uniform())  # uniform over a disc
+    offset = reach * np.array([np.cos(direction), np.sin(direction)])
+    drift = rng.normal(0.0, 0.015, 2)
+    zoom = rng.uniform(0.85, 1.15)
+    gain = rng.uniform(0.7, 1.3)
+    bias = 0.5 * (1.0 - gain) + rng.uniform(-0.12, 0.12)  # contrast about mid-gray, then a brightness shift
+    px = size / 128  # blur and speck sizes scale with the frame
+    blur_sigma = np.clip(rng.uniform(0.0, 1.6) + rng.uniform(0.0, 0.4) * _slow_wave(rng, n_frames), 0, None) * px
+    lamp = 1.0 + rng.uniform(-0.12, 0.12) * np.linspace(0, 1, n_frames) + 0.05 * _slow_wave(rng, n_frames)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
+    angle = rng.uniform(0, 2 * np.pi)
+    gradient = np.cos(angle) * xx + np.sin(angle) * yy
+    gradient_amp = rng.uniform(0.1, 0.3) * (1.0 + 0.5 * _slow_wave(rng, n_frames))
+    k = int(rng.integers(2, 8))
+    speck_xy = rng.uniform(0.05, 0.95, (k, 2))
+    moving = rng.random(k) < 0.4
+    speck_velocity = rng.normal(0.0, 0.08, (k, 2)) / max(n_frames, 1) * moving[:, None]
+    speck_radius = np.maximum(1.0, rng.uniform(0.5, 2.5, k) * px)
+    speck_value = np.where(rng.random(k) < 0.5, rng.uniform(0.05, 0.25, k), rng.uniform(0.8, 0.95, k))
+    return WellNuisance(offset=offset, drift=drift, zoom=zoom, gain=gain, bias=bias, blur_sigma=blur_sigma, lamp=lamp,
+                        gradient=gradient.astype(np.float32), gradient_amp=gradient_amp, speck_xy=speck_xy,
+                        speck_velocity=speck_velocity, speck_radius=speck_radius, speck_value=speck_value,
+                        stamp_corner=int(rng.integers(0, 4)), clock_start_h=rng.uniform(0, 24))
+
+
+def _time_stamp(hours, clock_start_h):
+    """The text an incubator burns in: culture day and wall-clock time, e.g. `D2 13:40`."""
+    minutes = int(round((clock_start_h + hours) * 60)) % (24 * 60)
+    return f"D{int(hours // 24)} {minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _burn_stamp(frame, text, corner):
+    """Write `text` in white with a dark shadow (legible on any background) into a corner of the uint8 frame."""
+    size = frame.shape[0]
+    scale, thick = max(0.2, size / 520), max(1, size // 300)
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    margin = max(1, size // 40)
+    x = margin if corner in (0, 2) else size - margin - w
+    y = margin + h if corner in (0, 1) else size - margin - base
+    for (dx, dy), value in (((1, 1), 0), ((0, 0), 255)):
+        cv2.putText(frame, text, (x + dx, y + dy), cv2.FONT_HERSHEY_SIMPLEX, scale, value, thick, cv2.LINE_AA)
+
+
+def _acquire(scene, t, hours, nz, rng):
+    """What the camera records of the scene at frame t: debris, optics and focus blur, illumination,
+    gain and offset, lamp flicker and sensor noise, then the burnt-in time stamp. Returns uint8."""
+    size = scene.shape[0]
+    img = scene.copy()
+    specks = nz.speck_xy + t * nz.speck_velocity
+    for (x, y), r, value in zip(specks, nz.speck_radius, nz.speck_value, strict=True):
+        cv2.circle(img, (int(x * size), int(y * size)), int(round(r)), float(value), -1)
+    ksize = 2 * max(1, size // 128) + 1
+    img = cv2.GaussianBlur(img, (ksize, ksize), 0)
+    if nz.blur_sigma[t] > 0.1:
+        img = cv2.GaussianBlur(img, (0, 0), float(nz.blur_sigma[t]))
+    light = nz.lamp[t] * (1.0 + nz.gradient_amp[t] * nz.gradient)
+    img = img * light.astype(np.float32) * np.float32(nz.gain) + np.float32(nz.bias)  # float32 as before
+    img = img * rng.normal(1.0, 0.03) + rng.normal(0.0, 0.03, img.shape).astype(np.float32)
+    frame = np.clip(img * 255.0, 0, 255).astype(np.uint8)
+    if nz.stamp_corner >= 0:
+        _burn_stamp(frame, _time_stamp(hours, nz.clock_start_h), nz.stamp_corner)
+    return frame
+
+
+def render_well(rng, n_frames, size, embryo, centred=False):
+    """Render one well: (n_frames, size, size) uint8 frames, hours and phase index per frame.
+
+    The developmental content (hours, phases, the embryo drawn for them) is the same with or without
+    `centred`; `centred=True` leaves out the WellNuisance (the old centred, equal wells)."""
     hours, phase, onsets = _phase_schedule(rng, n_frames)
-    bg = _background(size)
     c0 = 0.5 + rng.uniform(-0.03, 0.03, 2)
-    drift = rng.normal(0, 0.002, (n_frames, 2)).cumsum(0)
+    walk = rng.normal(0, 0.002, (n_frames, 2)).cumsum(0)
     angle0 = rng.uniform(0, 2 * np.pi)
     debris = rng.uniform(0.15, 0.85, (int(rng.integers(3, 9)), 2))
-    ksize = 2 * max(1, size // 128) + 1
+    nz = WellNuisance.centred(n_frames, size) if centred else draw_nuisance(rng, n_frames, size)
+    bg = _background(size, (float(nz.offset[0]), float(nz.offset[1])))
     frames = np.empty((n_frames, size, size), np.uint8)
     for t in range(n_frames):
         img = bg.copy()
-        center = c0 + drift[t]
-        for d in debris + drift[t] * 3:
+        for d in debris + walk[t] * 3 + nz.offset:
             cv2.circle(img, (int(d[0] * size), int(d[1] * size)), max(1, size // 50), 0.3, -1)
         if embryo:
             p = int(phase[t])
@@ -155,10 +271,10 @@ def render_well(rng, n_frames, size, embryo):
                 progress = float(np.clip((hours[t] - onsets[p]) / (hi - onsets[p]), 0.0, 1.0))
             else:
                 progress = 0.0
-            _draw_embryo(img, size, center, name, progress, angle0 + 0.002 * t, rng)
-        img = cv2.GaussianBlur(img, (ksize, ksize), 0)
-        img = img * rng.normal(1.0, 0.03) + rng.normal(0.0, 0.03, img.shape).astype(np.float32)
-        frames[t] = np.clip(img * 255.0, 0, 255).astype(np.uint8)
+            centre = c0 + walk[t] + nz.offset + nz.drift * (t / n_frames)
+            # drawing at size * zoom pixels per unit around centre / zoom scales the embryo about its centre
+            _draw_embryo(img, size * nz.zoom, centre / nz.zoom, name, progress, angle0 + 0.002 * t, rng)
+        frames[t] = _acquire(img, t, hours[t], nz, rng)
     return frames, hours, phase
 
 
@@ -171,8 +287,10 @@ def _phase_rows(phase):
     return rows
 
 
-def make_synthetic_dataset(out_dir, n_embryos, n_frames, size, seed, fmt="jpeg"):
-    """Write a synthetic dataset to `out_dir` and return the path of its index.csv."""
+def make_synthetic_dataset(out_dir, n_embryos, n_frames, size, seed, fmt="jpeg", centred=False):
+    """Write a synthetic dataset to `out_dir` and return the path of its index.csv.
+
+    Wells vary as different clinics' recordings do unless `centred` (the old centred, equal wells)."""
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     if n_embryos < 1 or n_frames < 1 or size < 16:
@@ -187,7 +305,8 @@ def make_synthetic_dataset(out_dir, n_embryos, n_frames, size, seed, fmt="jpeg")
     rows = []
     for w, (embryo_id, patient) in enumerate(zip(ids, patients, strict=True)):
         label = 0 if w in empty else 1
-        frames, hours, phase = render_well(np.random.default_rng([seed, w]), n_frames, size, label == 1)
+        frames, hours, phase = render_well(np.random.default_rng([seed, w]), n_frames, size, label == 1,
+                                           centred=centred)
         if fmt == "jpeg":
             folder = out / "embryo_dataset" / embryo_id
             folder.mkdir(exist_ok=True)
@@ -217,24 +336,29 @@ def make_synthetic_dataset(out_dir, n_embryos, n_frames, size, seed, fmt="jpeg")
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.OneLineParser(prog="make_synthetic_data.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=str, default="synthetic_data",
                         help="output folder (default: %(default)s)")
     parser.add_argument("--n_embryos", type=int, default=20, help="number of wells (default: %(default)s)")
     parser.add_argument("--n_frames", type=int, default=60, help="frames per well (default: %(default)s)")
     parser.add_argument("--size", type=int, default=256, help="frame size in pixels (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    cli.add_seed_arg(parser, what="wells, embryos and their nuisance variation")
     parser.add_argument("--format", type=str, default="jpeg", choices=FORMATS,
                         help="frame folders of JPEGs or one MJPG AVI per well (default: %(default)s)")
+    parser.add_argument("--centred", action="store_true",
+                        help="give the old centred, equal-size, equal-brightness wells: no variation of position, "
+                             "zona size, gain/offset, focus, illumination, debris or time stamp between wells "
+                             "(default: off, wells vary as real clinics' recordings do)")
     return parser
 
 
 def main(args):
-    if args.n_embryos < 1 or args.n_frames < 1 or args.size < 16:
-        print("error: need --n_embryos >= 1, --n_frames >= 1 and --size >= 16", file=sys.stderr)
-        return 2
+    if args.n_embryos < 1 or args.n_frames < 1 or args.size < 16 or not 0 <= args.seed < 2**32:
+        print("make_synthetic_data.py: error: need --n_embryos >= 1, --n_frames >= 1, --size >= 16 "
+              "and 0 <= --seed < 2**32", file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
     index_csv = make_synthetic_dataset(args.out, args.n_embryos, args.n_frames, args.size, args.seed,
-                                       fmt=args.format)
+                                       fmt=args.format, centred=args.centred)
     print(f"wrote {args.n_embryos} wells x {args.n_frames} frames to {index_csv}")
     return 0
 
