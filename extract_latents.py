@@ -15,7 +15,9 @@ vector of encoder_hidden_dim channels per frame.
 through the encoder `--chunk_len` frames at a time with the recurrent state carried over (identical to one
 pass), one file per embryo as it goes, so memory stays bounded by one recording:
 - `<k>_<cell_id>.npz` with `z` (n, C), `frame_indices` (n,), `hours` (n,) (NaN unknown), `phase` (n,)
-  ('' unknown), and with `--save_z_seq` `z_full` (n, C, h, w);
+  ('' unknown), and with `--save_z_seq` `z_full` (n, C, h, w); unless `--no_controls`, the controls the
+  analysis reports every probe against: `z_untrained` (n, C), the same frames through the run's model at its
+  initial weights (same config, the training seed), and `pixels` (n, 256), the frames area-averaged to 16 x 16;
 - `metadata.csv` (file, cell_id, label, n_frames, total_frames, frame_step, index columns) and `info.json`.
 Frames of a trajectory are normalised over the whole recording (training normalised each clip).
 """
@@ -30,15 +32,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from numpy.lib.format import open_memmap
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import cli
-from cli import CLIPS_DIR, METADATA_CSV, TRAJECTORY_DIR, InputError
+from cli import CLIPS_DIR, LATENT_KEY, METADATA_CSV, PIXELS_KEY, TRAJECTORY_DIR, UNTRAINED_KEY, InputError
 from dataset_ivf import DataConfig, IVFSequenceDataset, add_data_args
 from index_csv import SPLITS
-from model import ConvLSTMAutoencoder, load_model
+from model import ConvLSTMAutoencoder, config_from_checkpoint, load_model
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -62,6 +65,21 @@ def encode_trajectory(model: ConvLSTMAutoencoder, frames: torch.Tensor, chunk_le
         if keep_full:
             full.append(z_seq[0].float().cpu())  # (L, C, h, w)
     return torch.cat(pooled), (torch.cat(full) if keep_full else None)
+
+
+PIXEL_SIDE = 16  # raw-pixel control: frames area-averaged to 16 x 16 = 256 features (PCA'd in the analysis)
+
+
+def untrained_model(checkpoint: dict, device: torch.device) -> ConvLSTMAutoencoder:
+    """The run's model at its initial weights: same config, seeded with the training seed (the control)."""
+    config = config_from_checkpoint(checkpoint)
+    torch.manual_seed(int(DataConfig.from_checkpoint(checkpoint).seed))
+    return ConvLSTMAutoencoder(config).to(device).eval()
+
+
+def pixel_features(frames: torch.Tensor) -> np.ndarray:
+    """Raw pixels of frames (n, 1, H, W), area-averaged to PIXEL_SIDE^2 and flattened: (n, PIXEL_SIDE^2)."""
+    return F.adaptive_avg_pool2d(frames.float(), PIXEL_SIDE).flatten(1).numpy()
 
 
 def _joined(values) -> str:
@@ -139,7 +157,8 @@ def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: 
             "frames_encoded": n * t, "encode_s": encode_s}
 
 
-def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: Path, args) -> dict:
+def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: Path, args,
+                         control: ConvLSTMAutoencoder | None = None) -> dict:
     """Whole recordings, every frame_step-th frame, one .npz per embryo in out/trajectories (written as it goes)."""
     folder = out / TRAJECTORY_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -168,8 +187,11 @@ def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset
         frames_encoded += len(positions)
         hours, phase = dataset.annotations(i, positions)
         name = f"{len(rows):05d}_{_safe_name(cell_id)}.npz"
-        arrays = {"z": pooled.numpy(), "frame_indices": positions, "hours": hours.astype(np.float32),
+        arrays = {LATENT_KEY: pooled.numpy(), "frame_indices": positions, "hours": hours.astype(np.float32),
                   "phase": np.asarray(phase, dtype=str)}  # str, not object: loads without pickle
+        if control is not None:
+            arrays[UNTRAINED_KEY] = encode_trajectory(control, frames, args.chunk_len)[0].numpy()
+            arrays[PIXELS_KEY] = pixel_features(frames)
         if full is not None:
             arrays["z_full"] = full.numpy()
         np.savez(folder / name, **arrays)
@@ -199,6 +221,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_z_seq", action="store_true",
                         help="also save unpooled latents (clips: z_last, z_seq; trajectory: z_full); large "
                              "(default: off)")
+    parser.add_argument("--no_controls", action="store_true",
+                        help="trajectory mode: skip the controls written beside the latents (the same frames "
+                             "through an untrained model of the same config, and their raw pixels) (default: off)")
     parser.add_argument("--batch_size", type=int, default=16, help="clips mode: clips per batch (default: 16)")
     parser.add_argument("--split", type=str, default="all", choices=("all",) + SPLITS,
                         help="rows to encode; train/val use the checkpoint's val_fraction and seed when the "
@@ -230,7 +255,8 @@ def main(args: argparse.Namespace) -> dict:
     if args.mode == "clips":
         result = extract_clips(model, dataset, out, args)
     else:
-        result = extract_trajectories(model, dataset, out, args)
+        control = None if args.no_controls else untrained_model(checkpoint, device)
+        result = extract_trajectories(model, dataset, out, args, control)
     seconds = time.perf_counter() - tick
     info = {
         "mode": args.mode, "checkpoint": str(Path(args.checkpoint).resolve()),

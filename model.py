@@ -194,11 +194,15 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
     )
 
 
+def config_from_checkpoint(checkpoint: dict) -> ModelConfig:
+    """The ModelConfig stored in a checkpoint dict."""
+    known = {f.name for f in fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in checkpoint["model_config"].items() if k in known})
+
+
 def model_from_checkpoint(checkpoint: dict) -> "ConvLSTMAutoencoder":
     """Rebuild a model from a checkpoint dict's stored config and weights."""
-    known = {f.name for f in fields(ModelConfig)}
-    config = ModelConfig(**{k: v for k, v in checkpoint["model_config"].items() if k in known})
-    model = ConvLSTMAutoencoder(config)
+    model = ConvLSTMAutoencoder(config_from_checkpoint(checkpoint))
     model.load_state_dict(checkpoint["model_state_dict"])
     return model
 

@@ -188,3 +188,27 @@ def test_missing_checkpoint_and_bad_flags_are_clear_errors(tmp_path, wells):
         _run(["--checkpoint", str(tmp_path / "missing.pt"), *common])
     with pytest.raises(InputError, match="--frame_step must be at least 1"):
         _run(["--checkpoint", str(tmp_path / "missing.pt"), "--stride", "0", *common])  # the old name still works
+
+
+def test_trajectories_carry_the_controls(latents, checkpoint, wells, tmp_path):
+    """Beside z: the same frames through the run's initial weights (seed 0) and their 16 x 16 pixels."""
+    folder = latents / "trajectories"
+    meta = pd.read_csv(folder / "metadata.csv", keep_default_na=False)
+    with np.load(folder / meta["file"].iloc[0]) as data:
+        z, untrained, pixels = data["z"], data["z_untrained"], data["pixels"]
+    assert untrained.shape == z.shape and pixels.shape == (len(z), 256)
+    assert not np.allclose(untrained, z) and np.isfinite(untrained).all()
+    assert 0 <= pixels.min() and pixels.max() <= 1 and pixels.std() > 0
+    loaded = torch.load(checkpoint, weights_only=True)
+    control = extract_latents.untrained_model(loaded, torch.device("cpu"))
+    torch.manual_seed(0)  # the training seed in the checkpoint's args: train.py's initial weights
+    initial = ConvLSTMAutoencoder(control.config).state_dict()
+    assert all(torch.equal(initial[k], v) for k, v in control.state_dict().items())
+    frames = torch.from_numpy(IVFSequenceDataset(wells, seq_len=SEQ_LEN, image_size=32).load_frames(
+        0, np.arange(0, N_FRAMES, 2)))
+    np.testing.assert_allclose(untrained, extract_latents.encode_trajectory(control, frames, 5)[0].numpy(),
+                               atol=1e-6)
+    _run(["--checkpoint", str(checkpoint), "--index_csv", str(wells), "--out", str(tmp_path), "--device", "cpu",
+          "--mode", "trajectory", "--no_controls"])
+    with np.load(next((tmp_path / "trajectories").glob("*.npz"))) as data:
+        assert set(data.files) == {"z", "frame_indices", "hours", "phase"}
