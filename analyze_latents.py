@@ -314,11 +314,13 @@ def probe_features(trajectories: list[dict], rows: list[np.ndarray]) -> dict:
 
 
 def analyse_probes(trajectories: list[dict], args) -> dict:
-    """Phase (annotated frames) and hours (all frames) probes on the trained latents beside their controls;
+    """Phase (annotated frames) and hours (every frame of a well not labelled empty) probes on the trained
+    latents beside their controls;
     a probe is None when fewer than two embryos have its target."""
     targets = [probes.elapsed(t) for t in trajectories]
+    empty = [str(t["meta"].get("label")) in ("0", "0.0") for t in trajectories]  # no development to time
     masks = {"phase": [t["phase"] != "" if len(t["phase"]) else np.zeros(len(t["z"]), bool) for t in trajectories],
-             "hours": [np.ones(len(t["z"]), dtype=bool) for t in trajectories]}
+             "hours": [np.full(len(t["z"]), not e) for t, e in zip(trajectories, empty, strict=True)]}
     result = {}
     for probe, mask in masks.items():
         rows = probes.probe_rows(mask, args.probe_max_frames, args.seed)

@@ -1,9 +1,11 @@
-"""The figures of the latent analysis (matplotlib, sklearn's displays); analyze_latents.py computes the numbers.
+"""The figures: training curves (train.py) and the latent analysis (matplotlib, sklearn's displays), whose numbers
+analyze_latents.py computes.
 
 Every function takes plain arrays, tables and dicts and writes one PNG. No torch, and nothing imported from
 analyze_latents.py (which imports this module).
 """
 
+import io
 import math
 from pathlib import Path
 
@@ -13,15 +15,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
+
+from cli import write_bytes  # noqa: E402
 
 LABEL_COLORS = {0: "tab:orange", 1: "tab:blue"}  # empty well, embryo; unknown labels are grey
 
 
 def _save(fig, path: Path) -> None:
+    """Write the figure as PNG atomically (a reader never sees half a file), then free it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    write_bytes(path, buffer.getvalue())
 
 
 def time_axis(traj: dict) -> tuple[np.ndarray, str]:
@@ -188,8 +194,25 @@ def plot_persistence(names: list[str], diagrams: list[list[np.ndarray]], radii: 
     _save(fig, path)
 
 
+def plot_training_curves(history: list[dict], path: Path) -> None:
+    """Per-epoch train and validation losses (log scale): total, then each part, from training_log.json entries."""
+    epochs = [e["epoch"] for e in history]
+    parts = ("total", "l1", "ms_ssim", "smooth", "classification")
+    fig, axes = plt.subplots(1, len(parts), figsize=(3.2 * len(parts), 3), squeeze=False)
+    for ax, part in zip(axes[0], parts, strict=True):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = [e.get(prefix + part) for e in history]
+            if any(v is not None and v > 0 for v in values):
+                ax.plot(epochs, [v if v is not None and v > 0 else np.nan for v in values], style,
+                        label="val" if prefix else "train")
+        ax.set(title="1 - MS-SSIM" if part == "ms_ssim" else part, xlabel="epoch", yscale="log")
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def plot_classifier(metrics: dict, title: str, roc_path: Path, cm_path: Path) -> list[str]:
     """ROC curve (binary) and confusion matrix figures from classification metrics; returns the files written."""
+    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # here: training imports this module too
     written = []
     if metrics["roc_curve"] is not None:
         fig, ax = plt.subplots(figsize=(4.5, 4.5))

@@ -10,6 +10,8 @@ from checkpoint import load_checkpoint
 from cli import InputError
 from conv_lstm import ConvLSTM, State
 
+UPSAMPLINGS = ("transposed", "resize")
+
 
 @dataclass
 class ModelConfig:
@@ -27,6 +29,7 @@ class ModelConfig:
     num_classes: int = 2
     classifier_hidden: tuple[int, int] = (512, 256)
     peephole: bool = False
+    upsample: str = "transposed"  # decoder stages: "transposed" (the seed's) or "resize" (nearest x2, then 3x3 conv)
 
     def __post_init__(self):
         self.cnn_channels = tuple(self.cnn_channels)
@@ -40,6 +43,8 @@ class ModelConfig:
                              f"got {self.image_size}")
         if len(self.cnn_channels) != 3:
             raise InputError(f"cnn_channels needs three stages, got {self.cnn_channels}")
+        if self.upsample not in UPSAMPLINGS:
+            raise InputError(f"--upsample must be one of {UPSAMPLINGS}, got {self.upsample!r}")
         if self.kernel_size % 2 == 0:
             raise InputError(f"kernel_size must be odd, got {self.kernel_size}")
 
@@ -53,10 +58,18 @@ def _conv_stage(in_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
-def _deconv_stage(in_ch: int, out_ch: int) -> nn.Sequential:
-    """Stride-2 transposed convolution doubling the frame: deconv, GroupNorm, ReLU."""
+def _upsample(in_ch: int, out_ch: int, mode: str, bias: bool) -> nn.Sequential:
+    """Double the frame: a stride-2 transposed convolution, or nearest resize then a 3x3 convolution (no
+    checkerboard: every output pixel sees the same number of inputs)."""
+    if mode == "transposed":
+        return nn.Sequential(nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1, bias=bias))
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias))
+
+
+def _deconv_stage(in_ch: int, out_ch: int, mode: str) -> nn.Sequential:
+    """Upsampling stage doubling the frame: upsample, GroupNorm, ReLU."""
     return nn.Sequential(
-        nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1, bias=False),
+        *_upsample(in_ch, out_ch, mode, bias=False),
         nn.GroupNorm(min(8, out_ch), out_ch),
         nn.ReLU(inplace=True),
     )
@@ -82,9 +95,9 @@ class FrameDecoder(nn.Module):
         hidden = config.decoder_hidden_dim
         half, quarter = max(hidden // 2, 1), max(hidden // 4, 1)  # 128 -> 64 -> 32 -> in_channels
         self.layers = nn.Sequential(
-            _deconv_stage(hidden, half),
-            _deconv_stage(half, quarter),
-            nn.ConvTranspose2d(quarter, config.in_channels, 4, stride=2, padding=1),
+            _deconv_stage(hidden, half, config.upsample),
+            _deconv_stage(half, quarter, config.upsample),
+            *_upsample(quarter, config.in_channels, config.upsample, bias=True),
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -152,6 +165,15 @@ class ConvLSTMAutoencoder(nn.Module):
         return output
 
 
+def mask_frames(video: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Training input with a random `ratio` of each clip's frames blanked (set to 0), never the first frame:
+    the loss still asks for every frame, so the latent of a blanked frame must come from the recurrent state."""
+    b, t = video.shape[:2]  # (B, T, C, H, W)
+    hidden = torch.rand(b, t, device=video.device) < ratio  # (B, T)
+    hidden[:, 0] = False
+    return video.masked_fill(hidden[:, :, None, None, None], 0.0)  # (B, T, C, H, W)
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Model-size flags shared by train.py, verify_data_connection.py and bench.py."""
     default = ModelConfig()
@@ -170,6 +192,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help=f"odd ConvLSTM kernel size (default: {default.kernel_size})")
     group.add_argument("--peephole", action="store_true",
                        help="add peephole connections to the ConvLSTM cells (default: off)")
+    group.add_argument("--upsample", type=str, default=default.upsample, choices=UPSAMPLINGS,
+                       help="decoder upsampling: transposed convolutions (the seed's) or nearest resize + 3x3 "
+                            f"convolution, which avoids checkerboard artefacts (default: {default.upsample})")
     group.add_argument("--use_classifier", action="store_true",
                        help="add the empty-well/embryo classifier head on z_last (default: off)")
     group.add_argument("--num_classes", type=int, default=default.num_classes,
@@ -191,6 +216,7 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
         use_classifier=args.use_classifier,
         num_classes=args.num_classes,
         peephole=args.peephole,
+        upsample=args.upsample,
     )
 
 

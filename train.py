@@ -36,9 +36,11 @@ import cli
 import model as model_lib
 from conv_lstm import compile_gate_updates
 from dataset_ivf import DataConfig, IVFSequenceDataset, ResumableSampler, add_data_args, leave_process_group
+from latent_figures import plot_training_curves
 from losses import LOSS_KEYS, AutoencoderLoss
 
 TRAINING_LOG = "training_log.json"
+TRAINING_CURVES = "training_curves.png"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -60,6 +62,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--cls_weight", type=float, default=0.1,
                    help="weight of the classification loss on labelled clips; used only with "
                         "--use_classifier (default: %(default)s)")
+    g.add_argument("--mask_ratio", type=float, default=0.0,
+                   help="blank this fraction of each training clip's frames (never the first) in the input; the "
+                        "loss still asks for every frame, so the recurrent state must carry it (default: %(default)s)")
     g.add_argument("--save_dir", type=str, default="checkpoints", help="checkpoint folder (default: %(default)s)")
     g.add_argument("--log_dir", type=str, default="logs",
                    help="folder for training_log.json, split.csv and recon PNGs (default: %(default)s)")
@@ -143,6 +148,7 @@ class Trainer:
     best: float = math.inf
     history: list | None = None
     partial: dict | None = None  # position inside the interrupted epoch, from a mid-epoch last.pt
+    writer: object | None = None  # TensorBoard SummaryWriter (rank 0, when tensorboard is installed)
 
 
 def check_args(args):
@@ -153,6 +159,8 @@ def check_args(args):
     for name, low in lowest.items():
         if not getattr(args, name) >= low:
             raise cli.InputError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    if not 0 <= args.mask_ratio < 1:
+        raise cli.InputError(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}")
     if not args.learning_rate > 0:
         raise cli.InputError(f"--learning_rate must be > 0, got {args.learning_rate}")
     for flag, folder in (("--save_dir", args.save_dir), ("--log_dir", args.log_dir)):
@@ -216,7 +224,8 @@ def set_up(args, run: Run, config, data_config, train_ds, val_ds) -> Trainer:
     scheduler = lr_schedule(optimizer, args.warmup_epochs * run.steps_per_epoch, args.num_epochs * run.steps_per_epoch)
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
     return Trainer(run, config, data_config, train_ds, val_ds, raw_model, model, loss_fn, optimizer, scheduler,
-                   scaler, sampler, train_loader, val_loader, history=[])
+                   scaler, sampler, train_loader, val_loader, history=[],
+                   writer=tensorboard_writer(Path(args.log_dir)) if run.is_main else None)
 
 
 def resume(t: Trainer, checkpoint: dict, path: Path):
@@ -247,8 +256,8 @@ def resume(t: Trainer, checkpoint: dict, path: Path):
         print(f"Resuming from {path} ({where}, global step {checkpoint['global_step']}{ignored})", flush=True)
 
 
-def save_reconstruction(raw_model, clip: torch.Tensor, path: Path, run: Run):
-    """PNG of a clip's frames (top row) above the model's reconstruction (bottom row)."""
+def save_reconstruction(raw_model, clip: torch.Tensor, path: Path, run: Run) -> np.ndarray:
+    """PNG of a clip's frames (top row) above the model's reconstruction (bottom row); returns the image."""
     raw_model.eval()
     with torch.no_grad(), run.autocast():
         recon = raw_model(clip[None].to(run.device))["reconstruction"][0].float().cpu()  # (T, 1, H, W)
@@ -256,6 +265,16 @@ def save_reconstruction(raw_model, clip: torch.Tensor, path: Path, run: Run):
     image = (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     ok, png = cv2.imencode(".png", image)
     cli.write_bytes(path, png.tobytes())
+    return image
+
+
+def tensorboard_writer(log_dir: Path):
+    """A SummaryWriter in log_dir/tensorboard when the optional tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(log_dir / "tensorboard"))
 
 
 def check_finite(bad_step: torch.Tensor, epoch: int, run: Run):
@@ -270,11 +289,14 @@ def check_finite(bad_step: torch.Tensor, epoch: int, run: Run):
                             f"(try a lower --learning_rate or --amp off)")
 
 
-def train_step(model, video, labels, loss_fn, optimizer, scaler, autocast, grad_clip: float) -> dict:
-    """One optimisation step: forward under autocast, fp32 loss, scaled backward, clipping, optimizer step.
+def train_step(model, video, labels, loss_fn, optimizer, scaler, autocast, grad_clip: float,
+               mask_ratio: float = 0.0) -> dict:
+    """One optimisation step: forward under autocast (with mask_ratio of the frames blanked in the input),
+    fp32 loss against every frame, scaled backward, clipping, optimizer step.
     Returns the loss parts (fp32 scalars on the device). bench.py times this very function."""
+    inputs = model_lib.mask_frames(video, mask_ratio) if mask_ratio > 0 else video  # (B, T, 1, H, W)
     with autocast:
-        output = model(video)  # reconstruction (B, T, 1, H, W), z_seq, z_last[, logits]
+        output = model(inputs)  # reconstruction (B, T, 1, H, W), z_seq, z_last[, logits]
     parts = loss_fn(output, video, labels)  # computed outside autocast
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(parts["total"]).backward()
@@ -297,7 +319,8 @@ def train_one_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> bool:
     for batch in bar:
         video = batch["video"].to(run.device, non_blocking=True)  # (B, T, 1, H, W)
         labels = batch["label"].to(run.device, non_blocking=True) if args.use_classifier else None
-        parts = train_step(t.model, video, labels, t.loss_fn, t.optimizer, t.scaler, run.autocast(), args.grad_clip)
+        parts = train_step(t.model, video, labels, t.loss_fn, t.optimizer, t.scaler, run.autocast(), args.grad_clip,
+                           args.mask_ratio)
         t.scheduler.step()
         losses = torch.stack([parts[k].detach().float() for k in LOSS_KEYS])  # stays on device: no sync
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(losses).all(), progress.step, bad_step)
@@ -383,8 +406,15 @@ def end_of_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> dict:
         paths.insert(0, save_dir / "best.pt")
     if run.is_main:
         cli.write_json(log_dir / TRAINING_LOG, t.history)
+        plot_training_curves(t.history, log_dir / TRAINING_CURVES)
         fixed_clip = (t.val_ds or t.train_ds)[0]["video"]
-        save_reconstruction(t.raw_model, fixed_clip, log_dir / f"recon_epoch_{epoch}.png", run)
+        image = save_reconstruction(t.raw_model, fixed_clip, log_dir / f"recon_epoch_{epoch}.png", run)
+        if t.writer is not None:
+            for key, value in entry.items():
+                if isinstance(value, float):
+                    t.writer.add_scalar(key, value, epoch)
+            t.writer.add_image("reconstruction (input above)", image[None], epoch)
+            t.writer.flush()
     save(t, paths, epoch, entry)  # last.pt last: when it says epoch N, every file of epoch N exists
     if run.is_main:
         val = f"{entry['val_total']:.4f}" if entry["val_total"] is not None else "-"

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import cli
-from cli import resolve_amp_dtype
+from cli import InputError, resolve_amp_dtype
 from losses import AutoencoderLoss
-from model import ConvLSTMAutoencoder, ModelConfig, add_model_args, config_from_args, load_model
+from model import ConvLSTMAutoencoder, ModelConfig, add_model_args, config_from_args, load_model, mask_frames
 
 TINY = dict(cnn_channels=(4, 8, 8), encoder_hidden_dim=8, encoder_layers=2, decoder_hidden_dim=8,
             decoder_layers=1, classifier_hidden=(16, 8))
@@ -48,9 +48,9 @@ def test_wrong_input_shape_is_a_clear_error():
         tiny_model()(torch.rand(2, 1, 32, 32))
 
 
-@pytest.mark.parametrize("peephole", [False, True])
-def test_every_parameter_gets_a_finite_gradient_and_training_lowers_the_loss(peephole):
-    model = tiny_model(peephole=peephole)
+@pytest.mark.parametrize("options", [{"peephole": False}, {"peephole": True}, {"upsample": "resize"}])
+def test_every_parameter_gets_a_finite_gradient_and_training_lowers_the_loss(options):
+    model = tiny_model(**options)
     loss_fn = AutoencoderLoss(cls_weight=1.0)
     torch.manual_seed(1)
     x = torch.rand(2, 4, 1, 32, 32)
@@ -131,3 +131,26 @@ def test_amp_choice(monkeypatch):
     assert resolve_amp_dtype("auto", cpu) is None
     with pytest.raises(ValueError, match="fp16"):
         resolve_amp_dtype("fp16", cpu)
+
+
+def test_resize_decoder_keeps_shapes_and_the_seed_decoder_keeps_its_weight_names():
+    resize = tiny_model(upsample="resize")
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in resize.modules())
+    x = torch.rand(2, 3, 1, 32, 32)
+    out = resize(x)["reconstruction"]
+    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+    names = [k for k in tiny_model().state_dict() if k.startswith("frame_decoder")]
+    assert names[:3] == ["frame_decoder.layers.0.0.weight", "frame_decoder.layers.0.1.weight",
+                         "frame_decoder.layers.0.1.bias"]  # checkpoints of earlier versions still load
+    assert names[-2:] == ["frame_decoder.layers.2.weight", "frame_decoder.layers.2.bias"]
+    with pytest.raises(InputError, match="--upsample"):
+        ModelConfig(upsample="bilinear")
+
+
+def test_mask_frames_blanks_a_share_of_frames_but_never_the_first():
+    torch.manual_seed(0)
+    video = torch.rand(64, 10, 1, 4, 4) + 0.1  # (B, T, C, H, W), no zero pixels
+    masked = mask_frames(video, 0.3)
+    blank = (masked == 0).flatten(2).all(-1)  # (B, T)
+    assert not blank[:, 0].any() and 0.2 < blank[:, 1:].float().mean() < 0.4
+    assert torch.equal(masked[~blank], video[~blank])
