@@ -125,7 +125,7 @@ def synthetic20(tmp_path_factory):
 
 
 def test_grouped_split_keeps_patients_apart(synthetic20, tmp_path):
-    kw = dict(seq_len=2, image_size=16, val_fraction=0.3, seed=5)
+    kw = dict(seq_len=2, image_size=16, val_fraction=0.3, seed=5, clips_per_recording=1)
     train = IVFSequenceDataset(synthetic20, split="train", **kw)
     val = IVFSequenceDataset(synthetic20, split="val", **kw)
     assert train.training and not val.training
