@@ -266,8 +266,10 @@ class IVFSequenceDataset(Dataset):
         if self.sampling == "window" and n >= t:
             if rng is None:
                 start = (n - t) // 2
-            else:  # K starts evenly spaced over the n - t + 1 possible ones, one random shift
-                start = int(rng.integers(0, n - t + 1)) if clips == 1 else int((k + rng.random()) / clips * (n - t + 1))
+            elif clips == 1:
+                start = int(rng.integers(0, n - t + 1))
+            else:  # K starts evenly spaced over the n - t + 1 possible ones (one random shift), in a random order
+                start = int((rng.permutation(clips)[k] + rng.random()) / clips * (n - t + 1))
             return np.arange(start, start + t, dtype=np.int64)
         if rng is None or self.sampling == "window":
             return np.round(np.linspace(0, n - 1, t)).astype(np.int64)

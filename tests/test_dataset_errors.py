@@ -160,7 +160,7 @@ def test_split_column_is_honoured(tmp_path):
     pd.DataFrame({"path": ["A-1", "A-2", "B-1"], "split": ["train", "test", "val"]}).to_csv(
         tmp_path / "index.csv", index=False)
     for split, expected in (("train", ["A-1"]), ("val", ["B-1"]), ("test", ["A-2"])):
-        ds = IVFSequenceDataset(tmp_path / "index.csv", split=split, seq_len=2)
+        ds = IVFSequenceDataset(tmp_path / "index.csv", split=split, seq_len=2, clips_per_recording=1)
         assert [ds[i]["cell_id"] for i in range(len(ds))] == expected
     assert len(IVFSequenceDataset(tmp_path / "index.csv", seq_len=2)) == 3
 
