@@ -49,6 +49,9 @@ class DataConfig:
     annotations_dir: str | None = None
     val_fraction: float = 0.2
     seed: int = DEFAULT_SEED  # seeds the split and, with the epoch, sampling and augmentation
+    # Training clips per recording and epoch (video rows only; clip rows and eval keep one per row). 20 makes an
+    # epoch of the public set (~560 training wells) about as long as the 13.3k sliding windows of the clip-row form.
+    clips_per_recording: int = 20
 
     def __post_init__(self):
         self.normalize = NORMALIZE_ALIASES.get(self.normalize, self.normalize)
@@ -60,6 +63,8 @@ class DataConfig:
             raise InputError(f"seq_len and image_size must be positive, got {self.seq_len} and {self.image_size}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"--val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.clips_per_recording < 1:
+            raise InputError(f"--clips_per_recording must be >= 1, got {self.clips_per_recording}")
         self.cache_dir = None if self.cache_dir is None else str(self.cache_dir)
         self.annotations_dir = None if self.annotations_dir is None else str(self.annotations_dir)
 
@@ -106,7 +111,9 @@ class IVFSequenceDataset(Dataset):
 
     Settings come from a DataConfig (`config`, with keyword overrides of its fields).
 
-    Items: `video` float32 (T, 1, H, W) in [0, 1]; `label` int (-1 unknown); `cell_id` str;
+    Items: `clips_per_row` (K) per row, item i being clip i % K of row i // K: K = `clips_per_recording` for
+    a training dataset of video rows, else 1 (clip rows, eval). Methods taking `i` below index rows, not items.
+    Each item: `video` float32 (T, 1, H, W) in [0, 1]; `label` int (-1 unknown); `cell_id` str;
     `frame_indices` int64 (T,) positions in the source's natural-sorted frame list (clip rows:
     among the frames the index lists for that folder); with `annotations_dir` also `hours`
     float32 (T,) (NaN where unknown), `phase` list[str] (T,) ('' where no phase applies) and
@@ -115,6 +122,9 @@ class IVFSequenceDataset(Dataset):
 
     sampling: "uniform" spreads seq_len frames over the whole recording (jittered per segment
     in training); "window" takes contiguous frames (centred in eval, random start in training).
+    The K training clips of a row are stratified so that they differ: uniform gives each clip another
+    frame of every segment at least K frames wide; window spreads the K starts evenly over the recording
+    with one random shift (distinct while there are at least K starts). Each clip is still uniform alone.
     Sources shorter than seq_len repeat frames. Clip rows with more or fewer than seq_len frames
     are resampled evenly (one warning).
     normalize: "percentile" (formerly "minmax01") stretches each clip's 1st-99th percentile to [0, 1] and clips;
@@ -148,6 +158,8 @@ class IVFSequenceDataset(Dataset):
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
         rows, columns, form = read_index(self.index_csv)
+        self.form = form
+        self.clips_per_row = self.config.clips_per_recording if self.training and form == "videos" else 1
         if split == "test" and "split" not in columns:
             raise InputError(f"{self.index_csv}: a test split needs a 'split' column")
         assign_splits(rows, columns, self.index_csv, self.config.val_fraction, self.seed)
@@ -208,7 +220,7 @@ class IVFSequenceDataset(Dataset):
         self._epoch[0] = int(epoch)
 
     def __len__(self):
-        return len(self.rows)
+        return len(self.rows) * self.clips_per_row
 
     def recording(self, i):
         """Key of row i's recording (the absolute source path): clip rows of one recording share it."""
@@ -244,27 +256,40 @@ class IVFSequenceDataset(Dataset):
             return np.full(len(positions), np.nan, np.float32), np.full(len(positions), "", dtype=object)
         return row.hours[positions], row.phase[positions]
 
-    def _positions(self, row, n, rng):
-        """Frame positions (T,) for one clip; rng is None in eval (deterministic)."""
-        t = self.seq_len
+    def _positions(self, row, n, rng, k=0):
+        """Frame positions (T,) of clip k of the row's clips_per_row; rng (the row's, the same for its K clips)
+        is None in eval (deterministic). With K = 1 the draws are those of one clip per row."""
+        t, clips = self.seq_len, self.clips_per_row
         if row.positions is not None:
             p = row.positions
             return p if len(p) == t else p[np.round(np.linspace(0, len(p) - 1, t)).astype(np.int64)]
         if self.sampling == "window" and n >= t:
-            start = (n - t) // 2 if rng is None else int(rng.integers(0, n - t + 1))
+            if rng is None:
+                start = (n - t) // 2
+            elif clips == 1:
+                start = int(rng.integers(0, n - t + 1))
+            else:  # K starts evenly spaced over the n - t + 1 possible ones (one random shift), in a random order
+                start = int((rng.permutation(clips)[k] + rng.random()) / clips * (n - t + 1))
             return np.arange(start, start + t, dtype=np.int64)
         if rng is None or self.sampling == "window":
             return np.round(np.linspace(0, n - 1, t)).astype(np.int64)
         edges = np.linspace(0, n, t + 1)
         lo = np.floor(edges[:-1])
         hi = np.maximum(lo + 1, np.floor(edges[1:]))
-        return np.minimum(lo + np.floor(rng.random(t) * (hi - lo)), n - 1).astype(np.int64)
+        u = rng.random(t)  # (T,) where in its segment each frame lies
+        if clips > 1:  # clip k takes the k-th of K strata of every segment, in a random order per segment
+            u = (rng.random((t, clips)).argsort(axis=1)[:, k] + u) / clips
+        return np.minimum(lo + np.floor(u * (hi - lo)), n - 1).astype(np.int64)
 
     def __getitem__(self, i):
-        row = self.rows[i]
+        r, k = divmod(i, self.clips_per_row)
+        row = self.rows[r]
         src = self.sources[row.source]
-        rng = np.random.default_rng([self.seed, int(self._epoch[0]), i]) if self.training else None
-        positions = self._positions(row, src.n, rng)
+        epoch = int(self._epoch[0])
+        rng = np.random.default_rng([self.seed, epoch, r]) if self.training else None
+        positions = self._positions(row, src.n, rng, k)
+        if self.training and self.clips_per_row > 1:  # the row's K clips share the draw above; each its own jitter
+            rng = np.random.default_rng([self.seed, epoch, r, k + 1])  # k + 1: a trailing 0 would repeat [.., r]
         frames = self._read(row, positions)  # (T, H, W) integer
         jitter = self.training and self.augment
         if jitter:
@@ -298,6 +323,29 @@ class ResumableSampler(Sampler):
 
     def __len__(self):
         return len(self.inner) - self.skip
+
+
+def run_plan(train_ds, val_ds, steps_per_epoch: int, batch_size: int, world_size: int, num_epochs: int,
+             warmup_steps: int) -> str:
+    """The line train.py prints before training: recordings, clips and steps of an epoch and of the run."""
+    what = "recordings" if train_ds.form == "videos" else "clip rows"
+    val = f"validation {len(val_ds)} clips (one per {what[:-1]})" if val_ds is not None else "no validation"
+    processes = f" x {world_size} processes" if world_size > 1 else ""
+    return (f"Run plan: {len(train_ds.rows)} training {what} x {train_ds.clips_per_row} clips = {len(train_ds)} clips "
+            f"an epoch, {steps_per_epoch} steps an epoch (batch {batch_size}{processes}); {num_epochs} epochs = "
+            f"{num_epochs * steps_per_epoch} steps, warm-up {warmup_steps} steps; {val}")
+
+
+def check_clips_per_recording(checkpoint: dict | None, path, train_ds):
+    """A run continues with the epoch length it began with: another --clips_per_recording (runs from before the
+    flag drew one clip per recording) would move the position inside the epoch and the schedule."""
+    if checkpoint is None or train_ds.form != "videos":
+        return
+    stored = (checkpoint.get("data_config") or checkpoint.get("args") or {}).get("clips_per_recording", 1)
+    if stored != train_ds.config.clips_per_recording:
+        raise InputError(f"{path} was trained with --clips_per_recording {stored}, not "
+                         f"{train_ds.config.clips_per_recording}; pass --clips_per_recording {stored} to continue "
+                         f"it, or use a new --save_dir")
 
 
 def leave_process_group(worker_id: int):
@@ -366,6 +414,11 @@ def add_data_args(parser, from_checkpoint: bool = False):
                        help="random rotation, flips and brightness/contrast/gamma in training (default: off)")
         g.add_argument("--val_fraction", type=float, default=default.val_fraction,
                        help="fraction of patients in val when index.csv has no split column (default: %(default)s)")
+        g.add_argument("--clips_per_recording", type=int, default=default.clips_per_recording,
+                       help="training clips drawn from every recording (video rows) each epoch, at K distinct "
+                            "positions; clip rows give one item per row, and validation and extraction one "
+                            "deterministic clip per recording. The default makes an epoch of video rows about as "
+                            "long as one of the clip-row form (default: %(default)s)")
     g.add_argument("--skip_bad", action="store_true",
                    help="skip unreadable rows with a warning instead of stopping (default: off)")
     g.add_argument("--num_workers", type=int, default=2, help="DataLoader workers (default: %(default)s)")

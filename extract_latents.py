@@ -24,7 +24,9 @@ Frames of a trajectory are normalised over the whole recording (training normali
 
 import argparse
 import json
+import math
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,6 +42,7 @@ from tqdm import tqdm
 import cli
 from cli import CLIPS_DIR, LATENT_KEY, METADATA_CSV, PIXELS_KEY, TRAJECTORY_DIR, UNTRAINED_KEY, InputError
 from dataset_ivf import DataConfig, IVFSequenceDataset, add_data_args
+from frames_io import PHASES
 from index_csv import SPLITS
 from model import ConvLSTMAutoencoder, config_from_checkpoint, load_model
 
@@ -205,6 +208,59 @@ def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset
             "chunk_len": args.chunk_len, "frames_encoded": frames_encoded, "encode_s": encode_s}
 
 
+NPY_HEADER = 128  # bytes before the data of a .npy file, and of each array inside an .npz
+ZIP_ENTRY = 120  # bytes of zip headers (local and central directory) around each array of an .npz
+INFO_JSON = 1536  # info.json, about
+
+
+def estimate_output_bytes(dataset: IVFSequenceDataset, config, args: argparse.Namespace) -> int:
+    """Bytes that extraction will write for this dataset and these flags: float32 arrays, their headers,
+    metadata.csv and info.json. Known before anything is encoded (frame counts come from the dataset)."""
+    c, hw = config.encoder_hidden_dim, config.image_size // 8
+    meta = sum(len(",".join(map(str, dataset.metadata(i).values()))) + 1 for i in range(len(dataset)))  # csv row
+    if args.mode == "clips":
+        n, t = len(dataset), dataset.seq_len
+        floats = c + t * c + (config.num_classes if config.use_classifier else 0)
+        floats += (c + t * c) * hw * hw if args.save_z_seq else 0
+        n_arrays = 2 + config.use_classifier + 2 * args.save_z_seq
+        per_frame_text = len(str(max(dataset.num_frames(i) for i in range(n)))) + 1
+        per_frame_text += 13 if dataset.has_annotations else 0  # hours (round 4) and phase, '|'-joined
+        meta += n * (8 + t * per_frame_text)  # clip number, frame_indices[, hours, phase]
+        return 4 * n * floats + NPY_HEADER * n_arrays + meta + INFO_JSON
+    recordings = {dataset.recording(i): dataset.num_frames(i) for i in range(len(dataset))}
+    frames = sum(math.ceil(total / args.frame_step) for total in recordings.values())
+    phase_bytes = 4 * (max(map(len, PHASES)) if dataset.has_annotations else 1)  # numpy unicode: 4 bytes a char
+    per_frame = 4 * c + 8 + 4 + phase_bytes  # z, frame_indices (int64), hours, phase
+    per_frame += 0 if args.no_controls else 4 * (c + PIXEL_SIDE ** 2)  # z_untrained, pixels
+    per_frame += 4 * c * hw * hw if args.save_z_seq else 0  # z_full
+    n_arrays = 4 + 2 * (not args.no_controls) + args.save_z_seq
+    meta += 48 * len(recordings)  # file name, n_frames, total_frames, frame_step
+    return frames * per_frame + len(recordings) * n_arrays * (NPY_HEADER + ZIP_ENTRY) + meta + INFO_JSON
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return ""
+
+
+def check_free_space(n_bytes: int, out: Path, args: argparse.Namespace):
+    """Print the estimate; InputError (exit 2, nothing written) when it exceeds the free space where out goes."""
+    folder = out.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    target = out / (CLIPS_DIR if args.mode == "clips" else TRAJECTORY_DIR)
+    print(f"extract_latents.py: about {_size(n_bytes)} to write into {target} ({_size(free)} free in {folder})",
+          flush=True)
+    if n_bytes > free:
+        raise InputError(f"the output is estimated at {_size(n_bytes)} but {folder} has {_size(free)} free "
+                         f"(--out {args.out}); free some space, choose another --out, raise --frame_step or drop "
+                         f"--save_z_seq")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = cli.OneLineParser(prog="extract_latents.py", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=str, required=True,
@@ -250,6 +306,7 @@ def main(args: argparse.Namespace) -> dict:
     model, checkpoint = load_model(args.checkpoint, map_location=device)
     dataset = build_dataset(args, checkpoint, model.config.image_size)
     out = Path(args.out)
+    check_free_space(estimate_output_bytes(dataset, model.config, args), out, args)
     out.mkdir(parents=True, exist_ok=True)
     tick = time.perf_counter()
     if args.mode == "clips":

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 import checkpoint as ckpt
 import cli
+import dataset_ivf
 import model as model_lib
 from conv_lstm import compile_gate_updates
 from dataset_ivf import DataConfig, IVFSequenceDataset, ResumableSampler, add_data_args, leave_process_group
@@ -52,8 +53,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_epochs", type=int, default=50, help="epochs to train (default: %(default)s)")
     g.add_argument("--learning_rate", type=float, default=3e-4, help="AdamW peak learning rate (default: %(default)s)")
     g.add_argument("--weight_decay", type=float, default=1e-5, help="AdamW weight decay (default: %(default)s)")
-    g.add_argument("--warmup_epochs", type=int, default=2,
-                   help="linear warm-up epochs before the cosine decay (default: %(default)s)")
+    g.add_argument("--warmup_epochs", type=float, default=2,
+                   help="linear warm-up epochs before the cosine decay, fractions allowed; an epoch is "
+                        "--clips_per_recording clips per recording, and the run plan line gives it in steps "
+                        "(default: %(default)s)")
     g.add_argument("--grad_clip", type=float, default=1.0, help="gradient-norm clip, 0 = off (default: %(default)s)")
     g.add_argument("--l1_weight", type=float, default=0.5, help="weight of the L1 loss (default: %(default)s)")
     g.add_argument("--ms_ssim_weight", type=float, default=0.5, help="weight of 1 - MS-SSIM (default: %(default)s)")
@@ -99,6 +102,7 @@ class Run:
     local_rank: int
     stop: cli.StopSignal
     steps_per_epoch: int = 0
+    warmup_steps: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -221,7 +225,8 @@ def set_up(args, run: Run, config, data_config, train_ds, val_ds) -> Trainer:
     run.steps_per_epoch = math.ceil(len(sampler.inner) / args.batch_size)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
                                   fused=True)  # one kernel for all parameters (CPU and CUDA)
-    scheduler = lr_schedule(optimizer, args.warmup_epochs * run.steps_per_epoch, args.num_epochs * run.steps_per_epoch)
+    run.warmup_steps = round(args.warmup_epochs * run.steps_per_epoch)
+    scheduler = lr_schedule(optimizer, run.warmup_steps, args.num_epochs * run.steps_per_epoch)
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
     return Trainer(run, config, data_config, train_ds, val_ds, raw_model, model, loss_fn, optimizer, scheduler,
                    scaler, sampler, train_loader, val_loader, history=[],
@@ -468,6 +473,7 @@ def train(args, run: Run) -> int:
     run.amp_dtype = cli.resolve_amp_dtype(args.amp, run.device)
     checkpoint, checkpoint_path = ckpt.find_resume_checkpoint(args.save_dir, args.resume_from, asdict(config))
     train_ds, val_ds = build_datasets(args, data_config)
+    dataset_ivf.check_clips_per_recording(checkpoint, checkpoint_path, train_ds)
     if run.world_size > 1:
         if run.device.type == "cuda":
             torch.cuda.set_device(run.device)
@@ -479,7 +485,7 @@ def train(args, run: Run) -> int:
     if run.is_main:
         save_dir.mkdir(parents=True, exist_ok=True)
         log_dir.mkdir(parents=True, exist_ok=True)
-        splits = [ds.metadata(i) for ds in (train_ds, val_ds) if ds is not None for i in range(len(ds))]
+        splits = [ds.metadata(i) for ds in (train_ds, val_ds) if ds is not None for i in range(len(ds.rows))]
         cli.atomic_write(log_dir / "split.csv", lambda f: f.write(pd.DataFrame(splits).to_csv(index=False).encode()))
     t = set_up(args, run, config, data_config, train_ds, val_ds)
     if checkpoint is not None:
@@ -489,6 +495,9 @@ def train(args, run: Run) -> int:
             print(f"Training already finished ({t.start_epoch} of {args.num_epochs} epochs in {checkpoint_path}); "
                   f"raise --num_epochs to train longer", flush=True)
         return cli.EXIT_OK
+    if run.is_main:
+        print(dataset_ivf.run_plan(train_ds, val_ds, run.steps_per_epoch, args.batch_size, run.world_size,
+                                   args.num_epochs, run.warmup_steps), flush=True)
     return fit(t)
 
 

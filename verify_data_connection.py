@@ -28,7 +28,7 @@ def get_args_parser():
 def run_check(args, index_csv, model, device):
     """Run every step once, printing shapes and losses; raises on failure."""
     dataset = IVFSequenceDataset(index_csv, DataConfig.from_args(args), split=None, training=True)
-    print(f"dataset: {len(dataset)} rows from {index_csv}")
+    print(f"dataset: {len(dataset.rows)} rows, {len(dataset)} training clips an epoch, from {index_csv}")
     loader = DataLoader(dataset, batch_size=min(args.batch_size, len(dataset)), shuffle=True,
                         num_workers=args.num_workers)
     batch = next(iter(loader))

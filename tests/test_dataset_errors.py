@@ -125,7 +125,7 @@ def synthetic20(tmp_path_factory):
 
 
 def test_grouped_split_keeps_patients_apart(synthetic20, tmp_path):
-    kw = dict(seq_len=2, image_size=16, val_fraction=0.3, seed=5)
+    kw = dict(seq_len=2, image_size=16, val_fraction=0.3, seed=5, clips_per_recording=1)
     train = IVFSequenceDataset(synthetic20, split="train", **kw)
     val = IVFSequenceDataset(synthetic20, split="val", **kw)
     assert train.training and not val.training
@@ -160,7 +160,7 @@ def test_split_column_is_honoured(tmp_path):
     pd.DataFrame({"path": ["A-1", "A-2", "B-1"], "split": ["train", "test", "val"]}).to_csv(
         tmp_path / "index.csv", index=False)
     for split, expected in (("train", ["A-1"]), ("val", ["B-1"]), ("test", ["A-2"])):
-        ds = IVFSequenceDataset(tmp_path / "index.csv", split=split, seq_len=2)
+        ds = IVFSequenceDataset(tmp_path / "index.csv", split=split, seq_len=2, clips_per_recording=1)
         assert [ds[i]["cell_id"] for i in range(len(ds))] == expected
     assert len(IVFSequenceDataset(tmp_path / "index.csv", seq_len=2)) == 3
 

@@ -19,7 +19,8 @@ def test_short_run_improves_validation_loss(tmp_path):
             "--index_csv", str(index_csv), "--save_dir", str(tmp_path / "ckpt"), "--log_dir", str(tmp_path / "logs"),
             "--image_size", "32", "--encoder_hidden_dim", "16", "--encoder_layers", "1", "--decoder_hidden_dim", "16",
             "--decoder_layers", "1", "--seq_len", "4", "--batch_size", "2", "--num_workers", "0", "--device", "cpu",
-            "--amp", "off", "--num_epochs", "30", "--learning_rate", "5e-3", "--warmup_epochs", "1"])
+            "--amp", "off", "--num_epochs", "30", "--learning_rate", "5e-3", "--warmup_epochs", "1",
+            "--clips_per_recording", "1"])
         assert train.main(args) == 0
     finally:
         torch.set_num_threads(threads)

@@ -14,7 +14,7 @@ from cli import TRAJECTORY_DIR
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--image_size", "32", "--encoder_hidden_dim", "8", "--encoder_layers", "1", "--decoder_hidden_dim", "8",
         "--decoder_layers", "1", "--seq_len", "4", "--batch_size", "2", "--num_workers", "0", "--device", "cpu",
-        "--amp", "off", "--num_epochs", "2", "--use_classifier"]
+        "--amp", "off", "--num_epochs", "2", "--use_classifier", "--clips_per_recording", "1"]
 
 
 def run(script: str, *args) -> subprocess.CompletedProcess:

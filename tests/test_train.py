@@ -18,7 +18,7 @@ from losses import AutoencoderLoss
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--image_size", "32", "--encoder_hidden_dim", "8", "--encoder_layers", "1", "--decoder_hidden_dim", "8",
         "--decoder_layers", "1", "--seq_len", "4", "--batch_size", "2", "--num_workers", "0", "--device", "cpu",
-        "--amp", "off", "--warmup_epochs", "1"]
+        "--amp", "off", "--warmup_epochs", "1", "--clips_per_recording", "1"]
 
 
 def parse(index_csv, out: Path, *extra) -> object:

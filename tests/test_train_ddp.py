@@ -14,7 +14,7 @@ from make_synthetic_data import make_synthetic_dataset
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--image_size", "32", "--encoder_hidden_dim", "8", "--encoder_layers", "1", "--decoder_hidden_dim", "8",
         "--decoder_layers", "1", "--seq_len", "4", "--batch_size", "2", "--num_workers", "0", "--device", "cpu",
-        "--amp", "off", "--warmup_epochs", "1", "--num_epochs", "2"]
+        "--amp", "off", "--warmup_epochs", "1", "--num_epochs", "2", "--clips_per_recording", "1"]
 
 
 def test_two_gloo_ranks_end_with_identical_weights(tmp_path):

@@ -16,7 +16,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--image_size", "32", "--encoder_hidden_dim", "8", "--encoder_layers", "1", "--decoder_hidden_dim", "8",
         "--decoder_layers", "1", "--seq_len", "4", "--batch_size", "2", "--num_workers", "0", "--device", "cpu",
-        "--amp", "off", "--warmup_epochs", "1", "--num_epochs", "3", "--save_every", "2", "--log_every", "1"]
+        "--amp", "off", "--warmup_epochs", "1", "--num_epochs", "3", "--save_every", "2", "--log_every", "1",
+        "--clips_per_recording", "1"]
 # One thread: bit-exact comparisons need the same thread count in every run, and spinning
 # OpenMP threads on a shared 2-core machine make the runs needlessly slow.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -149,3 +150,22 @@ def read_cmdline(process: Path) -> bytes:
         return (process / "cmdline").read_bytes()
     except OSError:  # the process ended meanwhile
         return b""
+
+
+def test_sigterm_mid_epoch_with_several_clips_per_recording_resumes_bit_identical(index_csv, tmp_path):
+    """K = 3 clips per recording: the skipped batches of the resumed epoch are the same K-fold clips."""
+    reference = tmp_path / "reference"
+    done = run_to_end(index_csv, reference, "--clips_per_recording", "3")
+    assert ("Run plan: 6 training recordings x 3 clips = 18 clips an epoch, 9 steps an epoch (batch 2); 3 epochs = "
+            "27 steps, warm-up 9 steps; validation 2 clips (one per recording)") in done.stdout
+    last = load(reference / "ckpt" / "last.pt")
+    assert last["global_step"] == 27 and last["data_config"]["clips_per_recording"] == 3
+    interrupted = tmp_path / "interrupted"
+    proc = start_and_wait_for(index_csv, interrupted, "logs/split.csv", "--clips_per_recording", "3")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 85, stderr
+    assert load(interrupted / "ckpt" / "last.pt")["partial_epoch"]["step"] >= 1
+    resumed = run_to_end(index_csv, interrupted, "--clips_per_recording", "3")
+    assert resumed.stdout.startswith("Resuming from"), resumed.stdout
+    assert_same_training(reference, interrupted)
