@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from cli import DEFAULT_SEED, InputError
+from cli import DEFAULT_SEED, EXIT_STOPPED, InputError, Stopped, StopSignal
 from frames_io import (
     PHASES,
     BadFile,
@@ -131,10 +131,12 @@ class IVFSequenceDataset(Dataset):
     Sources are checked when the dataset is built: with a cache by decoding them into the
     cache (paid once; later builds only stat the files), without it by a fast reduced-resolution
     decode of every frame. `skip_bad` drops unreadable rows with one warning each (and a count)
-    instead of raising InputError; zero usable rows is still an error.
+    instead of raising InputError; zero usable rows is still an error. `stop` (a cli.StopSignal) ends the
+    checks between two sources with cli.Stopped once it has received a signal.
     """
 
-    def __init__(self, index_csv, config: DataConfig | None = None, *, split=None, training=None, **overrides):
+    def __init__(self, index_csv, config: DataConfig | None = None, *, split=None, training=None,
+                 stop: StopSignal | None = None, **overrides):
         self.config = replace(config or DataConfig(), **overrides)
         if split is not None and split not in SPLITS:
             raise InputError(f"split must be None or one of {SPLITS}, got {split!r}")
@@ -157,7 +159,7 @@ class IVFSequenceDataset(Dataset):
                              f"or --val_fraction")
         self.sources = group_recordings(rows, form)
         self.store = FrameStore(self.image_size, resolve_cache_dir(self.config.cache_dir, self.index_csv))
-        self.rows = self._check_sources(rows)
+        self.rows = self._check_sources(rows, stop)
         n_resampled = sum(r.positions is not None and len(r.positions) != self.seq_len for r in self.rows)
         if n_resampled:
             log.warning("%s: %d clip rows do not have seq_len=%d frames; they are resampled evenly",
@@ -168,7 +170,7 @@ class IVFSequenceDataset(Dataset):
     def _err(self, row, msg):
         return InputError(f"{self.index_csv} line {row.line} ({row.cell_id}): {msg}")
 
-    def _check_sources(self, rows):
+    def _check_sources(self, rows, stop: StopSignal | None):
         """Open (and with cache_dir decode into the cache) every source; drop or raise on bad ones."""
         users = {}
         for r in rows:
@@ -177,6 +179,9 @@ class IVFSequenceDataset(Dataset):
         desc = "decoding into cache" if self.store.cache_dir else "checking sources"
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             for key, src in tqdm(self.sources.items(), desc=desc, unit="source", leave=False, disable=None):
+                if stop is not None and stop.received:
+                    raise Stopped(f"{stop.received} while the sources of {self.index_csv} were checked: nothing "
+                                  f"to save yet (the frame cache keeps what was decoded); exit {EXIT_STOPPED}")
                 try:
                     self.store.prepare(src, pool)
                 except BadFile as e:
