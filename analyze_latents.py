@@ -137,9 +137,7 @@ def trajectories_from_clips(clips: dict) -> list[dict]:
 def trim_start(trajectories: list[dict], n: int) -> list[dict]:
     """Drop the first n frames of every trajectory (the encoder state warming up from zero); trajectories
     left with fewer than 3 frames are dropped."""
-    if n == 0:
-        return trajectories
-    return [{**t, **{k: t[k][n:] for k in PER_FRAME}, "start": t["start"] + n}
+    return [{**t, **{k: t[k][n:] for k in PER_FRAME}, "start": t["start"] + n} if n else t
             for t in trajectories if len(t["z"]) - n >= 3]
 
 
@@ -398,7 +396,6 @@ def main(args: argparse.Namespace) -> dict:
     """Run every analysis the latents allow and write summary.json; returns the summary."""
     latents, out = Path(args.latents), Path(args.out)
     has_traj, has_clips = check_inputs(args)
-    out.mkdir(parents=True, exist_ok=True)
     clips = load_clips(latents) if has_clips else None
     use_traj = has_traj and args.source != "clips"
     trajectories = load_trajectories(latents) if use_traj else trajectories_from_clips(clips)
@@ -407,6 +404,7 @@ def main(args: argparse.Namespace) -> dict:
     if not trajectories:
         raise InputError(f"{latents}: no trajectory with at least {args.trim_start + 3} frames "
                          f"(loaded {n_loaded}); lower --trim_start or check the extraction")
+    out.mkdir(parents=True, exist_ok=True)
 
     summary = {"latents": str(latents), "trajectory_source": "trajectories" if use_traj else "clips (pooled z_seq)",
                "trim_start": args.trim_start, "trajectories_dropped_as_too_short": n_loaded - len(trajectories)}

@@ -1,16 +1,19 @@
-"""Checkpoints: save (serialised once, written atomically), load and validate, RNG state, the save_dir lock.
+"""Checkpoints: save (serialised once, written atomically), load and validate, RNG state, the save_dir: its
+lock, its guard against another run's files, what a resume may change, pruning, the training log on resume.
 
 Every file goes through `cli.atomic_write`, so a crash or a full disk never leaves a half-written checkpoint
 and the previous one stays. A checkpoint holds plain values only, so `torch.load(..., weights_only=True)`
 reads it. No model code here.
 """
 
+import contextlib
 import fcntl
 import hashlib
 import io
 import json
 import os
 import random
+import re
 import socket
 import sys
 from pathlib import Path
@@ -18,13 +21,44 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import InputError, write_bytes
+from cli import InputError, NonFiniteError, WriteError, write_bytes
 
 # What a checkpoint must hold for training to continue from it; extraction needs the first two.
 MODEL_KEYS = ("model_config", "model_state_dict")
 RESUME_KEYS = MODEL_KEYS + ("optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict", "epoch",
                             "global_step", "best_val_loss", "rng_state")
 LOCK_FILE = ".train.lock"
+TRAINING_LOG = "training_log.json"
+TRAINING_CURVES = "training_curves.png"  # per-epoch loss curves beside the log
+EPOCH_FILE = re.compile(r"checkpoint_epoch_(\d+)\.pt")
+
+# What a rerun may change against the checkpoint it continues, for every train.py flag: "refuse" changes what
+# the run means (exit 2 naming the flag), "announce" is applied from here on with a line, "quiet" passes.
+# Model flags are refused through model_config first. A flag missing here is refused (tests keep it complete).
+RESUME_FLAGS = {
+    **dict.fromkeys(("index_csv", "seq_len", "sampling", "normalize", "augment", "val_fraction", "seed", "batch_size",
+                     "learning_rate", "weight_decay", "warmup_epochs", "grad_clip", "l1_weight", "ms_ssim_weight",
+                     "smooth_weight", "cls_weight", "image_size", "encoder_hidden_dim", "encoder_layers",
+                     "decoder_hidden_dim", "decoder_layers", "kernel_size", "peephole", "use_classifier",
+                     "num_classes", "upsample", "mask_ratio", "clips_per_recording"), "refuse"),
+    **dict.fromkeys(("num_epochs", "amp"), "announce"),  # num_epochs: the cosine schedule ends at the new last epoch
+    **dict.fromkeys(("num_workers", "log_every", "device", "cache_dir", "skip_bad", "annotations_dir", "save_every",
+                     "keep_checkpoints", "compile", "save_dir", "log_dir", "resume_from"), "quiet"),
+}
+
+
+def add_checkpoint_args(group):
+    """train.py's flags of where and what it saves, and what it continues from."""
+    group.add_argument("--save_dir", type=str, default="checkpoints", help="checkpoint folder (default: %(default)s)")
+    group.add_argument("--log_dir", type=str, default="logs",
+                       help=f"folder for {TRAINING_LOG}, split.csv and recon PNGs (default: %(default)s)")
+    group.add_argument("--save_every", type=int, default=5,
+                       help="write checkpoint_epoch_<N>.pt every N epochs and at the end (default: %(default)s)")
+    group.add_argument("--keep_checkpoints", type=int, default=2,
+                       help="keep the K newest checkpoint_epoch_<N>.pt, 0 = none (default: %(default)s)")
+    group.add_argument("--resume_from", type=str, default=None,
+                       help="checkpoint to start from when save_dir has no last.pt yet; save_dir/last.pt, when "
+                            "present, always wins so that rerunning a command continues it (default: %(default)s)")
 
 
 def save_checkpoint(state: dict, paths: list[Path]):
@@ -62,13 +96,15 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = MODEL_KEYS) -> dict:
     return checkpoint
 
 
-def find_resume_checkpoint(save_dir, resume_from, model_config: dict) -> tuple[dict | None, Path | None]:
-    """The checkpoint to continue from, checked against the flags: save_dir/last.pt when it exists
-    (so that the same command continues after a preemption), else --resume_from."""
+def find_resume_checkpoint(save_dir, resume_from, model_config: dict, args: dict
+                           ) -> tuple[dict | None, Path | None, list[str]]:
+    """The checkpoint to continue from, checked against the flags (see changed_flags), and the lines announcing
+    the changes applied: save_dir/last.pt when it exists (so that the same command continues after a
+    preemption), else --resume_from."""
     path = Path(save_dir) / "last.pt"
     if not path.is_file():
         if not resume_from:
-            return None, None
+            return None, None, []
         path = Path(resume_from)
         if not path.is_file():
             raise InputError(f"--resume_from {path}: file not found")
@@ -80,13 +116,116 @@ def find_resume_checkpoint(save_dir, resume_from, model_config: dict) -> tuple[d
     if diff:
         raise InputError(f"{path} has another model config ({'; '.join(diff)}); pass the same model flags "
                              f"or use a new --save_dir")
-    return checkpoint, path
+    return checkpoint, path, changed_flags(checkpoint.get("args") or {}, args, path)
+
+
+def restore(checkpoint: dict, model, optimizer, scheduler, scaler):
+    """Load a resume checkpoint's weights, optimizer, schedule and (when both use one) AMP scaler state."""
+    model.load_state_dict(checkpoint["model_state_dict"])
+    optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+    scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
+    if scaler.is_enabled() and checkpoint["scaler_state_dict"]:
+        scaler.load_state_dict(checkpoint["scaler_state_dict"])
+
+
+def check_save_dir(save_dir):
+    """Refuse a save_dir that holds another run's results (best.pt or checkpoint_epoch_*.pt without last.pt;
+    a run of train.py writes last.pt before any other file) or a last.pt that is not a file."""
+    save_dir, last = Path(save_dir), Path(save_dir) / "last.pt"
+    if last.exists() and not last.is_file():
+        raise InputError(f"{last} is not a file; move it away or choose another --save_dir")
+    if not last.exists() and save_dir.is_dir():
+        others = sorted(p.name for p in save_dir.iterdir() if p.name == "best.pt" or EPOCH_FILE.fullmatch(p.name))
+        if others:
+            raise InputError(f"{save_dir} holds another run's results ({', '.join(others[:3])}) but no last.pt to "
+                             f"continue from; choose a new --save_dir or move those files away")
+
+
+def changed_flags(saved: dict, args: dict, path: Path) -> list[str]:
+    """Lines announcing the flags changed since the checkpoint was written (RESUME_FLAGS "announce"); an
+    InputError naming every changed flag that would change what the run means."""
+    changed = {k: (saved[k], v) for k, v in args.items() if k in saved and saved[k] != v}
+    refused = [f"--{k} {old} (now {new})" for k, (old, new) in changed.items()
+               if RESUME_FLAGS.get(k, "refuse") == "refuse"]
+    if refused:
+        raise InputError(f"{path} was trained with {', '.join(refused)}; rerun with the checkpoint's value"
+                         f"{'s' if refused[1:] else ''}, or start a new run in a new --save_dir")
+    return [f"--{k} changed from {old} to {new} since {path}: applied from here on"
+            for k, (old, new) in changed.items() if RESUME_FLAGS.get(k) == "announce"]
+
+
+def require_finite_weights(state_dict: dict, where: str, save_dir):
+    """Raise NonFiniteError instead of letting non-finite weights reach a checkpoint."""
+    if not weights_finite(state_dict):
+        raise NonFiniteError(f"non-finite weights {where}; stopped without saving them, the last good checkpoint "
+                             f"in {save_dir} is kept (try a lower --learning_rate or --amp off)")
+
+
+def require_finite_losses(losses: dict, where: str, save_dir) -> dict:
+    """losses (None values allowed), or NonFiniteError naming the first NaN or infinite one."""
+    bad = [k for k, v in losses.items() if v is not None and not np.isfinite(v)]
+    if bad:
+        raise NonFiniteError(f"non-finite {bad[0]} ({losses[bad[0]]}) {where}; stopped, the last good checkpoint "
+                             f"in {save_dir} is kept (try a lower --learning_rate or --amp off)")
+    return losses
+
+
+def prune_checkpoints(save_dir, keep: int):
+    """Delete all but the `keep` newest checkpoint_epoch_<N>.pt (called after the newest is written)."""
+    found = sorted((int(m.group(1)), p) for p in Path(save_dir).iterdir() if (m := EPOCH_FILE.fullmatch(p.name)))
+    for _, path in found[:max(len(found) - keep, 0)]:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise WriteError(path, err) from None
+
+
+def load_history(log_dir, checkpoint: dict) -> list[dict]:
+    """The training log's entries up to the checkpoint's epoch. An unreadable log is moved aside to
+    training_log.json.bad and rebuilt from what the checkpoint knows (its own epoch's entry), with a line."""
+    path, epoch = Path(log_dir) / TRAINING_LOG, checkpoint["epoch"]
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text())
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and "epoch" in e for e in entries):
+            raise ValueError("not a list of epochs")
+        return [e for e in entries if e["epoch"] <= epoch]
+    except (ValueError, TypeError, UnicodeDecodeError) as err:  # json's JSONDecodeError is a ValueError
+        bad = path.with_name(path.name + ".bad")
+        try:
+            os.replace(path, bad)
+        except OSError as e:
+            raise WriteError(bad, e) from None
+        entry = checkpoint.get("losses") or {}
+        history = [entry] if entry.get("epoch") == epoch and checkpoint.get("partial_epoch") is None else []
+        print(f"{path} was unreadable ({type(err).__name__}); moved to {bad.name}, the log goes on from "
+              f"{f'epoch {epoch}' if history else 'the next epoch'}", file=sys.stderr, flush=True)
+        return history
 
 
 def weights_finite(state_dict: dict) -> bool:
     """True when every floating-point tensor of a state dict is finite (one host sync)."""
     flags = [v.isfinite().all() for v in state_dict.values() if v.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True
+
+
+def replicas_identical(state_dict: dict, world_size: int) -> tuple[str, bool]:
+    """(sha256 of this rank's weights, whether every rank has the same); a collective call."""
+    digests = [None] * world_size
+    torch.distributed.all_gather_object(digests, weights_digest(state_dict))
+    return digests[0], len(set(digests)) == 1
+
+
+def gather_rng_states(device: torch.device, world_size: int) -> list[dict]:
+    """Every rank's RNG states (a collective call when world_size > 1)."""
+    if world_size == 1:
+        return [rng_state(device)]
+    states = [None] * world_size
+    torch.distributed.all_gather_object(states, rng_state(device))
+    return states
 
 
 def weights_digest(state_dict: dict) -> str:
@@ -118,34 +257,67 @@ def set_rng_state(state: dict, device: torch.device):
     random.setstate((version, tuple(py_state), gauss))
 
 
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
 class RunLock:
     """An exclusive lock on a save_dir, held while a run lives. The kernel releases it when the process
     dies, so a killed run's lock is taken over (with a line); a live run's lock is an InputError."""
 
     def __init__(self, save_dir: Path):
         self.path = Path(save_dir) / LOCK_FILE
-        self.file = None
+        self.file, self.seen = None, None
+
+    def check(self) -> "RunLock":
+        """Before the input is known good (writes nothing): refuse another run's files (check_save_dir) and a
+        live run's lock early, and note last.pt's time, so that __enter__ sees a run that wrote it meanwhile."""
+        check_save_dir(self.path.parent)
+        if self.path.is_file():
+            with contextlib.suppress(OSError), open(self.path) as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise self._in_use(f.read()) from None
+        self.seen = _mtime(self.path.parent / "last.pt")
+        return self
 
     def __enter__(self):
-        self.file = open(self.path, "a+")  # noqa: SIM115 (held open for the run's lifetime)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a+")  # noqa: SIM115 (held open for the run's lifetime)
+        except OSError as err:
+            raise WriteError(self.path, err) from None
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.file.seek(0)
-            owner = self.file.read().strip() or "another process"
+            owner = self.file.read()
             self.file.close()
-            raise InputError(f"{self.path.parent} is in use by a running training ({owner}); wait for it to end "
-                             f"or choose another --save_dir") from None
+            raise self._in_use(owner) from None
         self.file.seek(0)
         previous = self.file.read().strip()
+        if _mtime(self.path.parent / "last.pt") != self.seen:
+            self.file.close()
+            raise InputError(f"{self.path.parent / 'last.pt'} was written by another run while this one started; "
+                             f"run the command again")
         if previous:
             print(f"Taking over {self.path} left by a run that ended without releasing it ({previous})",
                   file=sys.stderr, flush=True)
-        self.file.truncate(0)
-        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        self.file.flush()
+        try:
+            self.file.truncate(0)
+            self.file.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            self.file.flush()
+        except OSError as err:
+            self.file.close()
+            raise WriteError(self.path, err) from None
         return self
 
     def __exit__(self, *exc):
-        self.file.truncate(0)
+        with contextlib.suppress(OSError):
+            self.file.truncate(0)
         self.file.close()
+
+    def _in_use(self, owner: str) -> InputError:
+        return InputError(f"{self.path.parent} is in use by a running training ({owner.strip() or 'another process'}"
+                          f"); wait for it to end or choose another --save_dir")

@@ -8,6 +8,7 @@ import torch when called.
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -45,6 +46,19 @@ class InputError(ScriptError, ValueError):
     """Bad flags, files or rows: one line naming the flag, file or row and what to do; exit 2."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class NonFiniteError(ScriptError):
+    """A non-finite loss or non-finite weights: one line naming where; the last good checkpoint stays; exit 3."""
+
+    exit_code = EXIT_NON_FINITE
+
+
+class Stopped(ScriptError):
+    """SIGTERM/SIGUSR1 arrived before there was anything (new) to save: one line; exit 85, the same command
+    continues."""
+
+    exit_code = EXIT_STOPPED
 
 
 class WriteError(ScriptError, OSError):
@@ -94,6 +108,27 @@ def check_seed(seed: int):
     """numpy and torch take seeds in [0, 2**32)."""
     if not 0 <= seed < 2**32:
         raise InputError(f"--seed must be in [0, 2**32), got {seed}")
+
+
+def check_numbers(args, at_least: dict[str, float], finite: tuple[str, ...] = ()):
+    """InputError naming the first flag in `finite` that is NaN or infinite, or that is below its `at_least` value
+    (None values, meaning "the default", are skipped)."""
+    for name in finite:
+        if not math.isfinite(getattr(args, name)):
+            raise InputError(f"--{name} must be a finite number, got {getattr(args, name)}")
+    for name, low in at_least.items():
+        value = getattr(args, name)
+        if value is not None and not value >= low:
+            raise InputError(f"--{name} must be at least {low}, got {value}")
+
+
+def check_writable(flag: str, folder):
+    """InputError unless `folder` is, or can be made in, a writable folder."""
+    probe = Path(folder).absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {folder} cannot be written ({probe} is not a writable folder); choose another")
 
 
 def resolve_device(name: str):

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from cli import DEFAULT_SEED, InputError
+from cli import DEFAULT_SEED, EXIT_STOPPED, InputError, Stopped, StopSignal
 from frames_io import (
     PHASES,
     BadFile,
@@ -141,10 +141,12 @@ class IVFSequenceDataset(Dataset):
     Sources are checked when the dataset is built: with a cache by decoding them into the
     cache (paid once; later builds only stat the files), without it by a fast reduced-resolution
     decode of every frame. `skip_bad` drops unreadable rows with one warning each (and a count)
-    instead of raising InputError; zero usable rows is still an error.
+    instead of raising InputError; zero usable rows is still an error. `stop` (a cli.StopSignal) ends the
+    checks between two sources with cli.Stopped once it has received a signal.
     """
 
-    def __init__(self, index_csv, config: DataConfig | None = None, *, split=None, training=None, **overrides):
+    def __init__(self, index_csv, config: DataConfig | None = None, *, split=None, training=None,
+                 stop: StopSignal | None = None, **overrides):
         self.config = replace(config or DataConfig(), **overrides)
         if split is not None and split not in SPLITS:
             raise InputError(f"split must be None or one of {SPLITS}, got {split!r}")
@@ -169,7 +171,7 @@ class IVFSequenceDataset(Dataset):
                              f"or --val_fraction")
         self.sources = group_recordings(rows, form)
         self.store = FrameStore(self.image_size, resolve_cache_dir(self.config.cache_dir, self.index_csv))
-        self.rows = self._check_sources(rows)
+        self.rows = self._check_sources(rows, stop)
         n_resampled = sum(r.positions is not None and len(r.positions) != self.seq_len for r in self.rows)
         if n_resampled:
             log.warning("%s: %d clip rows do not have seq_len=%d frames; they are resampled evenly",
@@ -180,7 +182,7 @@ class IVFSequenceDataset(Dataset):
     def _err(self, row, msg):
         return InputError(f"{self.index_csv} line {row.line} ({row.cell_id}): {msg}")
 
-    def _check_sources(self, rows):
+    def _check_sources(self, rows, stop: StopSignal | None):
         """Open (and with cache_dir decode into the cache) every source; drop or raise on bad ones."""
         users = {}
         for r in rows:
@@ -189,6 +191,9 @@ class IVFSequenceDataset(Dataset):
         desc = "decoding into cache" if self.store.cache_dir else "checking sources"
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             for key, src in tqdm(self.sources.items(), desc=desc, unit="source", leave=False, disable=None):
+                if stop is not None and stop.received:
+                    raise Stopped(f"{stop.received} while the sources of {self.index_csv} were checked: nothing "
+                                  f"to save yet (the frame cache keeps what was decoded); exit {EXIT_STOPPED}")
                 try:
                     self.store.prepare(src, pool)
                 except BadFile as e:
@@ -334,6 +339,20 @@ def run_plan(train_ds, val_ds, steps_per_epoch: int, batch_size: int, world_size
     return (f"Run plan: {len(train_ds.rows)} training {what} x {train_ds.clips_per_row} clips = {len(train_ds)} clips "
             f"an epoch, {steps_per_epoch} steps an epoch (batch {batch_size}{processes}); {num_epochs} epochs = "
             f"{num_epochs * steps_per_epoch} steps, warm-up {warmup_steps} steps; {val}")
+
+
+def train_val_datasets(index_csv, config: DataConfig, stop=None, num_classes: int | None = None):
+    """Train and val datasets (val when val_fraction > 0); labels checked against num_classes when the classifier is
+    on. A stop signal (cli.StopSignal) ends the build with cli.Stopped."""
+    train_ds = IVFSequenceDataset(index_csv, config, split="train", stop=stop)
+    val_ds = IVFSequenceDataset(index_csv, config, split="val", augment=False, stop=stop) \
+        if config.val_fraction > 0 else None
+    if num_classes is not None:
+        for row in (r for ds in (train_ds, val_ds) if ds is not None for r in ds.rows):
+            if row.label >= num_classes:
+                raise InputError(f"{index_csv} line {row.line} ({row.cell_id}): label {row.label} is not "
+                                 f"below --num_classes {num_classes}")
+    return train_ds, val_ds
 
 
 def check_clips_per_recording(checkpoint: dict | None, path, train_ds):

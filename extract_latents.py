@@ -290,13 +290,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for name in ("frame_step", "chunk_len", "batch_size"):
-        if getattr(args, name) < 1:
-            raise cli.InputError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.num_workers < 0:
-        raise cli.InputError(f"--num_workers must be >= 0, got {args.num_workers}")
-    if args.seq_len is not None and args.seq_len < 1:
-        raise cli.InputError(f"--seq_len must be at least 1, got {args.seq_len}")
+    cli.check_numbers(args, {"frame_step": 1, "chunk_len": 1, "batch_size": 1, "seq_len": 1, "num_workers": 0})
 
 
 def main(args: argparse.Namespace) -> dict:

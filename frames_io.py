@@ -3,9 +3,14 @@ the decoded-frame cache.
 
 No torch here: build_index.py and the analysis import it. Every decoder returns gray frames (N, size, size)
 (uint8, or uint16 for 16-bit sources) centre-cropped to a square, and raises `BadFile` naming the file.
+Library noise (libpng, libtiff, ffmpeg, OpenCV's AVI parser) is kept off stderr: the BadFile is the message.
 """
+import contextlib
 import hashlib
+import os
 import re
+import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +22,30 @@ from cli import InputError, atomic_write
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mkv")
 TIFF_EXTS = (".tif", ".tiff")
+FULL_PROBE_EXTS = (".png", ".tif", ".tiff")  # may be 16-bit or of a pixel type we cannot use
 # Developmental phases in time order, as annotated in the public Gomez et al. (2022) dataset.
 PHASES = ("tPB2", "tPNa", "tPNf", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9+",
           "tM", "tSB", "tB", "tEB", "tHB")
+
+
+if "OPENCV_LOG_LEVEL" not in os.environ:  # a level the user sets wins
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """fd 2 to /dev/null: ffmpeg and OpenCV's AVI parser print there directly, past OpenCV's log level.
+    Used only around video calls, which run in the calling thread (image decodes in pool threads are
+    silenced by the log level instead)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class BadFile(Exception):
@@ -78,9 +104,10 @@ def _square_resize(img, size):
     return cv2.resize(img, (size, size), interpolation=interp)
 
 
-def stack_frames(frames):
-    """Stack frames into one array; 8-bit frames are widened when others are 16-bit."""
-    if any(f.dtype == np.uint16 for f in frames):
+def stack_frames(frames, wide: bool = False):
+    """Stack frames into one array; 8-bit frames are widened (x257) when others are 16-bit, or when `wide`
+    (frames of a recording whose other frames are 16-bit)."""
+    if wide or any(f.dtype == np.uint16 for f in frames):
         frames = [f.astype(np.uint16) * 257 if f.dtype == np.uint8 else f for f in frames]
     return np.stack(frames)
 
@@ -116,9 +143,14 @@ def decode_image(path, size):
     return _square_resize(_to_gray(_imdecode(path, cv2.IMREAD_UNCHANGED), path), size)
 
 
-def probe_image(path):
-    """Check that an image file decodes (at reduced resolution, which is fast for JPEG)."""
+def probe_image(path) -> np.dtype:
+    """Check that an image file decodes and return its pixel type. PNG and TIFF are decoded fully: a reduced
+    decode converts to 8 bits and so hides 16-bit and unusable (e.g. int16) frames; others (JPEG, BMP: 8-bit)
+    at reduced resolution, which is fast for JPEG."""
+    if Path(path).suffix.lower() in FULL_PROBE_EXTS:
+        return _to_gray(_imdecode(path, cv2.IMREAD_UNCHANGED), path).dtype
     _imdecode(path, cv2.IMREAD_REDUCED_GRAYSCALE_4)
+    return np.dtype(np.uint8)
 
 
 def _open_video(path):
@@ -135,6 +167,11 @@ def _open_video(path):
 def decode_video(path, size, positions=None):
     """Gray frames (N, size, size) of a video; only `positions` (sorted or not) when given."""
     path = Path(path)
+    with _stderr_silenced():
+        return _decode_video(path, size, positions)
+
+
+def _decode_video(path, size, positions):
     cap = _open_video(path)
     wanted = None if positions is None else set(int(p) for p in positions)
     last = None if positions is None else max(wanted)
@@ -163,13 +200,14 @@ def decode_video(path, size, positions=None):
 def count_video_frames(path):
     """Number of frames a video really yields (container counts can be wrong)."""
     path = Path(path)
-    cap = _open_video(path)
     n = 0
-    try:
-        while cap.grab():
-            n += 1
-    finally:
-        cap.release()
+    with _stderr_silenced():
+        cap = _open_video(path)
+        try:
+            while cap.grab():
+                n += 1
+        finally:
+            cap.release()
     if n == 0:
         raise BadFile(path, "video has no readable frames")
     return n
@@ -188,7 +226,7 @@ def decode_tiff(path, size):
     return stack_frames([_square_resize(_to_gray(p, path), size) for p in pages])
 
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the file name ends with the crc32 of the frames
 
 
 @dataclass
@@ -218,7 +256,8 @@ def recording_kind(path: Path) -> str:
 
 class FrameStore:
     """Reads recordings at one image size. With a cache folder, each recording is decoded once into
-    `<cache_dir>/<name>-<key>.npy` (keyed by path, mtime, size and image size) and memory-mapped after;
+    `<cache_dir>/<name>-<key>-<crc32>.npy` (keyed by path, mtime, size and image size; the crc32 of the
+    frames is checked at every prepare and a damaged file is decoded again) and memory-mapped after;
     without one, `prepare` checks that every frame decodes (fast, reduced resolution) and reads decode."""
 
     def __init__(self, image_size: int, cache_dir: Path | None = None):
@@ -243,23 +282,36 @@ class FrameStore:
             self._light_check(rec, pool)
             return
         name = re.sub(r"[^\w.-]", "_", rec.path.name)[:60]
-        rec.cache_file = self.cache_dir / f"{name}-{self._cache_key(rec)}.npy"
-        if rec.cache_file.exists():
-            try:
-                arr = np.load(rec.cache_file, mmap_mode="r")
-                if arr.ndim == 3 and arr.shape[1:] == (self.image_size, self.image_size) and arr.shape[0] > 0:
-                    rec.n, rec.max_value = arr.shape[0], float(np.iinfo(arr.dtype).max)
-                    return
-            except (ValueError, OSError, EOFError):
-                pass  # damaged cache file: decode again
+        stem = f"{name}-{self._cache_key(rec)}"
+        for found in sorted(self.cache_dir.glob(f"{stem}-*.npy")) if self.cache_dir.is_dir() else []:
+            arr = self._open_cached(found)
+            if arr is not None:
+                rec.cache_file, rec.n, rec.max_value = found, arr.shape[0], float(np.iinfo(arr.dtype).max)
+                return
+            with contextlib.suppress(OSError):
+                found.unlink()  # damaged: decode again
         arr = self._decode_all(rec, pool)
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InputError(f"cannot write the frame cache in {self.cache_dir} ({e.strerror}); pass --cache_dir "
                              f"with a writable folder, or --cache_dir off") from None
+        rec.cache_file = self.cache_dir / f"{stem}-{zlib.crc32(arr):08x}.npy"
         atomic_write(rec.cache_file, lambda f: np.save(f, arr))
         rec.n, rec.max_value = arr.shape[0], float(np.iinfo(arr.dtype).max)
+
+    def _open_cached(self, path: Path) -> np.ndarray | None:
+        """The memory-mapped frames of a cache file, or None when it is damaged: unreadable, of the wrong
+        shape, or frames whose crc32 (a few ms per 100 MB) differs from the one in its name."""
+        try:
+            arr = np.load(path, mmap_mode="r")
+            expected = int(path.stem.rsplit("-", 1)[1], 16)
+        except (ValueError, OSError, EOFError):
+            return None
+        if arr.ndim != 3 or arr.shape[1:] != (self.image_size, self.image_size) or arr.shape[0] == 0 \
+                or arr.dtype not in (np.uint8, np.uint16) or zlib.crc32(arr) != expected:
+            return None
+        return arr
 
     def read(self, rec: Recording, positions: np.ndarray) -> np.ndarray:
         """Integer frames (T, H, W) of a prepared recording at `positions`. Raises BadFile or OSError."""
@@ -270,7 +322,7 @@ class FrameStore:
         if rec.kind == "tiff":
             return decode_tiff(rec.path, self.image_size)[positions]
         decoded = {int(p): decode_image(rec.frames[int(p)], self.image_size) for p in np.unique(positions)}
-        return stack_frames([decoded[int(p)] for p in positions])
+        return stack_frames([decoded[int(p)] for p in positions], wide=rec.max_value > 255)
 
     def _cache_key(self, rec: Recording) -> str:
         files = rec.frames if rec.kind == "frames" else [rec.path]
@@ -288,13 +340,13 @@ class FrameStore:
         return stack_frames(list(pool.map(lambda f: decode_image(f, self.image_size), rec.frames)))
 
     def _light_check(self, rec: Recording, pool):
-        """Without a cache: check that every frame decodes, so bad rows show up at build time."""
+        """Without a cache: check that every frame decodes and has a usable pixel type, so that bad rows show up
+        at build time, and take the recording's range from all of its frames."""
         if rec.kind == "video":
             rec.n, rec.max_value = count_video_frames(rec.path), 255.0
         elif rec.kind == "tiff":
             arr = decode_tiff(rec.path, self.image_size)
             rec.n, rec.max_value = arr.shape[0], float(np.iinfo(arr.dtype).max)
         else:
-            first = decode_image(rec.frames[0], self.image_size)
-            list(pool.map(probe_image, rec.frames[1:]))
-            rec.n, rec.max_value = len(rec.frames), float(np.iinfo(first.dtype).max)
+            dtypes = set(pool.map(probe_image, rec.frames))
+            rec.n, rec.max_value = len(rec.frames), 65535.0 if np.dtype(np.uint16) in dtypes else 255.0

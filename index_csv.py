@@ -40,8 +40,6 @@ class Row:
     phase: np.ndarray = None
 
 
-
-
 def _plain(value):
     """CSV cell as int or float where it reads as one, else str; ids with leading zeros ('007') stay str."""
     text = str(value).strip()
@@ -109,6 +107,7 @@ def read_index(index_csv: Path) -> tuple[list[Row], list[str], str]:
     if not rows:
         raise InputError(f"{index_csv}: no rows")
     return rows, list(df.columns), form
+
 
 def assign_splits(rows: list[Row], columns: list[str], index_csv: Path, val_fraction: float, seed: int):
     """Use the split column where it is filled; other rows get a seeded patient-grouped train/val split."""
@@ -181,8 +180,15 @@ def attach_annotations(rows: list[Row], recordings: dict[str, Recording], ann_di
                     ann_dir, index_csv)
 
 
+def _is_empty(path) -> bool:
+    """A 0-byte or blank annotation file (an empty well): no phases or times for that embryo."""
+    return not path.read_bytes().strip()
+
+
 def _read_phases(path):
-    """(phase, first_run, last_run) rows of a `<embryo>_phases.csv` (header optional)."""
+    """(phase, first_run, last_run) rows of a `<embryo>_phases.csv` (header optional; empty = none)."""
+    if _is_empty(path):
+        return []
     try:
         df = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
         if df.shape[1] < 3:
@@ -196,7 +202,9 @@ def _read_phases(path):
 
 
 def _read_times(path):
-    """{RUN number: hours} from a `<embryo>_timeElapsed.csv` (`frame_index,time`)."""
+    """{RUN number: hours} from a `<embryo>_timeElapsed.csv` (`frame_index,time`; empty = none)."""
+    if _is_empty(path):
+        return {}
     try:
         df = pd.read_csv(path)
         if not {"frame_index", "time"} <= set(df.columns):

@@ -194,6 +194,27 @@ def plot_persistence(names: list[str], diagrams: list[list[np.ndarray]], radii: 
     _save(fig, path)
 
 
+def write_reconstruction_strip(frames: np.ndarray, reconstruction: np.ndarray, path: Path) -> np.ndarray:
+    """PNG of a clip's frames (T, H, W) in [0, 1] (top row) above their reconstruction (bottom row); returns the
+    uint8 image (2H, T*W)."""
+    rows = [np.concatenate(list(video), axis=1) for video in (frames, reconstruction)]  # each (H, T*W)
+    image = np.round(np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    plt.imsave(buffer, image, cmap="gray", vmin=0, vmax=255, format="png")
+    write_bytes(path, buffer.getvalue())
+    return image
+
+
+def tensorboard_writer(log_dir: Path):
+    """A SummaryWriter in log_dir/tensorboard when the optional tensorboard package is installed, else None
+    (torch's TensorBoard module is imported here, when training calls it, never at import)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(log_dir / "tensorboard"))
+
+
 def plot_training_curves(history: list[dict], path: Path) -> None:
     """Per-epoch train and validation losses (log scale): total, then each part, from training_log.json entries."""
     epochs = [e["epoch"] for e in history]

@@ -70,6 +70,21 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> to
     return (per_clip * known).sum() / known.sum().clamp(min=1)
 
 
+def add_loss_args(group):
+    """The objective's flags (train.py)."""
+    group.add_argument("--l1_weight", type=float, default=0.5, help="weight of the L1 loss (default: %(default)s)")
+    group.add_argument("--ms_ssim_weight", type=float, default=0.5, help="weight of 1 - MS-SSIM (default: %(default)s)")
+    group.add_argument("--smooth_weight", type=float, default=0.1,
+                       help="weight of the latent temporal smoothness loss (default: %(default)s)")
+    group.add_argument("--cls_weight", type=float, default=0.1,
+                       help="weight of the classification loss on labelled clips; used only with "
+                            "--use_classifier (default: %(default)s)")
+    group.add_argument("--mask_ratio", type=float, default=0.0,
+                       help="blank this fraction of each training clip's frames (never the first) in the input; the "
+                            "loss still asks for every frame, so the recurrent state must carry it "
+                            "(default: %(default)s)")
+
+
 class AutoencoderLoss(nn.Module):
     """total = l1_weight*L1 + ms_ssim_weight*(1 - MS-SSIM) + smooth_weight*smooth + cls_weight*CE.
 
@@ -83,6 +98,12 @@ class AutoencoderLoss(nn.Module):
         self.ms_ssim_weight = ms_ssim_weight
         self.smooth_weight = smooth_weight
         self.cls_weight = cls_weight
+
+    @classmethod
+    def from_args(cls, args) -> "AutoencoderLoss":
+        """The loss of add_loss_args' flags; no classification term without --use_classifier."""
+        return cls(args.l1_weight, args.ms_ssim_weight, args.smooth_weight,
+                   args.cls_weight if args.use_classifier else 0.0)
 
     def forward(self, output: dict[str, torch.Tensor], target: torch.Tensor,
                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -3,16 +3,17 @@
     python train.py --index_csv data/index.csv --num_epochs 50
     torchrun --standalone --nproc_per_node 4 train.py --index_csv data/index.csv
 
-Running the same command again continues from save_dir/last.pt. Exit codes (cli.py): 0 done; 2 bad
-arguments or input, or a save_dir in use (one line, nothing written); 3 non-finite loss (the last good
-checkpoint is kept); 74 an OS error while writing (the previous files intact); 85 stopped by SIGTERM or
-SIGUSR1 after writing last.pt (HTCondor's checkpoint_exit_code).
+Running the same command again continues from save_dir/last.pt (flags that would change the run's meaning
+are refused, see checkpoint.RESUME_FLAGS). Exit codes (cli.py): 0 done; 2 bad arguments or input, a save_dir
+in use or holding another run's files (one line, nothing written); 3 non-finite loss or weights (never saved:
+the last good checkpoint is kept); 74 an OS error while writing (the previous files intact); 85 stopped by
+SIGTERM or SIGUSR1, setup included, after writing last.pt (HTCondor's checkpoint_exit_code).
 On the CPU with a fixed seed, a run killed at any point and resumed ends with the same weights,
 bit for bit, as an uninterrupted run; on CUDA, cuDNN algorithm choice makes runs close, not equal.
 """
 
 import argparse
-import json
+import contextlib
 import math
 import os
 import random
@@ -22,7 +23,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -36,18 +36,14 @@ import cli
 import dataset_ivf
 import model as model_lib
 from conv_lstm import compile_gate_updates
-from dataset_ivf import DataConfig, IVFSequenceDataset, ResumableSampler, add_data_args, leave_process_group
-from latent_figures import plot_training_curves
-from losses import LOSS_KEYS, AutoencoderLoss
-
-TRAINING_LOG = "training_log.json"
-TRAINING_CURVES = "training_curves.png"
+from latent_figures import plot_training_curves, tensorboard_writer, write_reconstruction_strip
+from losses import LOSS_KEYS, AutoencoderLoss, add_loss_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = cli.OneLineParser(prog="train.py", description="Train the ConvLSTM autoencoder on index.csv clips.")
     model_lib.add_model_args(parser)
-    add_data_args(parser)
+    dataset_ivf.add_data_args(parser)
     g = parser.add_argument_group("training")
     g.add_argument("--batch_size", type=int, default=8, help="clips per step and process (default: %(default)s)")
     g.add_argument("--num_epochs", type=int, default=50, help="epochs to train (default: %(default)s)")
@@ -58,36 +54,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "--clips_per_recording clips per recording, and the run plan line gives it in steps "
                         "(default: %(default)s)")
     g.add_argument("--grad_clip", type=float, default=1.0, help="gradient-norm clip, 0 = off (default: %(default)s)")
-    g.add_argument("--l1_weight", type=float, default=0.5, help="weight of the L1 loss (default: %(default)s)")
-    g.add_argument("--ms_ssim_weight", type=float, default=0.5, help="weight of 1 - MS-SSIM (default: %(default)s)")
-    g.add_argument("--smooth_weight", type=float, default=0.1,
-                   help="weight of the latent temporal smoothness loss (default: %(default)s)")
-    g.add_argument("--cls_weight", type=float, default=0.1,
-                   help="weight of the classification loss on labelled clips; used only with "
-                        "--use_classifier (default: %(default)s)")
-    g.add_argument("--mask_ratio", type=float, default=0.0,
-                   help="blank this fraction of each training clip's frames (never the first) in the input; the "
-                        "loss still asks for every frame, so the recurrent state must carry it (default: %(default)s)")
-    g.add_argument("--save_dir", type=str, default="checkpoints", help="checkpoint folder (default: %(default)s)")
-    g.add_argument("--log_dir", type=str, default="logs",
-                   help="folder for training_log.json, split.csv and recon PNGs (default: %(default)s)")
-    g.add_argument("--save_every", type=int, default=5,
-                   help="write checkpoint_epoch_<N>.pt every N epochs and at the end (default: %(default)s)")
-    g.add_argument("--resume_from", type=str, default=None,
-                   help="checkpoint to start from when save_dir has no last.pt yet; save_dir/last.pt, when "
-                        "present, always wins so that rerunning a command continues it (default: %(default)s)")
+    add_loss_args(g)
+    ckpt.add_checkpoint_args(g)
     cli.add_seed_arg(g)
     cli.add_device_args(g, compile_help="torch.compile the ConvLSTM gate arithmetic (not the unrolled time loop): "
                                         "about 10%% faster steps after a one-off compile (default: off)")
     g.add_argument("--log_every", type=int, default=10,
                    help="update the progress bar and check the loss every N steps (default: %(default)s)")
     return parser
-
-
-class NonFiniteLoss(cli.ScriptError):
-    """The training loss became NaN or inf (exit 3)."""
-
-    exit_code = cli.EXIT_NON_FINITE
 
 
 @dataclass
@@ -136,16 +110,16 @@ class Trainer:
 
     run: Run
     config: model_lib.ModelConfig
-    data_config: DataConfig
-    train_ds: IVFSequenceDataset
-    val_ds: IVFSequenceDataset | None
+    data_config: dataset_ivf.DataConfig
+    train_ds: dataset_ivf.IVFSequenceDataset
+    val_ds: dataset_ivf.IVFSequenceDataset | None
     raw_model: torch.nn.Module
     model: torch.nn.Module  # raw_model, or its DDP wrapper
     loss_fn: AutoencoderLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    sampler: ResumableSampler
+    sampler: dataset_ivf.ResumableSampler
     train_loader: DataLoader
     val_loader: DataLoader | None
     start_epoch: int = 0
@@ -157,36 +131,16 @@ class Trainer:
 
 def check_args(args):
     """Flag values that argparse cannot check; raises cli.InputError."""
-    lowest = {**dict.fromkeys(("batch_size", "num_epochs", "save_every", "log_every", "seq_len"), 1),
-              **dict.fromkeys(("weight_decay", "warmup_epochs", "grad_clip", "l1_weight", "ms_ssim_weight",
-                               "smooth_weight", "cls_weight", "num_workers"), 0)}
-    for name, low in lowest.items():
-        if not getattr(args, name) >= low:
-            raise cli.InputError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    weights = ("weight_decay", "grad_clip", "l1_weight", "ms_ssim_weight", "smooth_weight", "cls_weight")
+    cli.check_numbers(args, finite=("learning_rate", "val_fraction", *weights), at_least={
+        **dict.fromkeys(("batch_size", "num_epochs", "save_every", "log_every", "seq_len"), 1),
+        **dict.fromkeys(("warmup_epochs", "num_workers", "keep_checkpoints", *weights), 0)})
     if not 0 <= args.mask_ratio < 1:
         raise cli.InputError(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}")
     if not args.learning_rate > 0:
         raise cli.InputError(f"--learning_rate must be > 0, got {args.learning_rate}")
-    for flag, folder in (("--save_dir", args.save_dir), ("--log_dir", args.log_dir)):
-        probe = Path(folder).absolute()
-        while not probe.exists():
-            probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-            raise cli.InputError(f"{flag} {folder} cannot be written ({probe} is not a writable folder); "
-                                 f"choose another")
-
-
-def build_datasets(args, data_config: DataConfig) -> tuple[IVFSequenceDataset, IVFSequenceDataset | None]:
-    """Train and val datasets; labels checked against the classifier."""
-    train_ds = IVFSequenceDataset(args.index_csv, data_config, split="train")
-    val_ds = IVFSequenceDataset(args.index_csv, data_config, split="val", augment=False) \
-        if data_config.val_fraction > 0 else None
-    if args.use_classifier:
-        for row in (r for ds in (train_ds, val_ds) if ds is not None for r in ds.rows):
-            if row.label >= args.num_classes:
-                raise cli.InputError(f"{args.index_csv} line {row.line} ({row.cell_id}): label {row.label} is not "
-                                     f"below --num_classes {args.num_classes}")
-    return train_ds, val_ds
+    cli.check_writable("--save_dir", args.save_dir)
+    cli.check_writable("--log_dir", args.log_dir)
 
 
 def lr_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -213,12 +167,11 @@ def set_up(args, run: Run, config, data_config, train_ds, val_ds) -> Trainer:
         model = DistributedDataParallel(raw_model, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
     if args.compile:
         compile_gate_updates(raw_model)
-    loss_fn = AutoencoderLoss(args.l1_weight, args.ms_ssim_weight, args.smooth_weight,
-                              args.cls_weight if args.use_classifier else 0.0).to(run.device)
+    loss_fn = AutoencoderLoss.from_args(args).to(run.device)
     loader_kw = dict(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=run.device.type == "cuda",
-                     persistent_workers=args.num_workers > 0, worker_init_fn=leave_process_group,
+                     persistent_workers=args.num_workers > 0, worker_init_fn=dataset_ivf.leave_process_group,
                      generator=torch.Generator().manual_seed(args.seed))
-    sampler = ResumableSampler(train_ds, run.world_size, run.rank, args.seed)
+    sampler = dataset_ivf.ResumableSampler(train_ds, run.world_size, run.rank, args.seed)
     train_loader = DataLoader(train_ds, sampler=sampler, **loader_kw)
     val_loader = DataLoader(val_ds, sampler=list(range(run.rank, len(val_ds), run.world_size)), **loader_kw) \
         if val_ds is not None else None
@@ -233,14 +186,10 @@ def set_up(args, run: Run, config, data_config, train_ds, val_ds) -> Trainer:
                    writer=tensorboard_writer(Path(args.log_dir)) if run.is_main else None)
 
 
-def resume(t: Trainer, checkpoint: dict, path: Path):
+def resume(t: Trainer, checkpoint: dict, path: Path, notes: list[str]):
     """Load weights, optimizer, schedule, scaler and RNG states; keep the log entries up to that epoch."""
     run = t.run
-    t.raw_model.load_state_dict(checkpoint["model_state_dict"])
-    t.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-    t.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
-    if t.scaler.is_enabled() and checkpoint["scaler_state_dict"]:
-        t.scaler.load_state_dict(checkpoint["scaler_state_dict"])
+    ckpt.restore(checkpoint, t.raw_model, t.optimizer, t.scheduler, t.scaler)
     t.start_epoch, t.best = checkpoint["epoch"], checkpoint["best_val_loss"]
     t.partial = checkpoint.get("partial_epoch")
     states = checkpoint["rng_state"]
@@ -251,14 +200,13 @@ def resume(t: Trainer, checkpoint: dict, path: Path):
             print(f"Checkpoint written by {len(states)} processes, now {run.world_size}: epoch "
                   f"{t.start_epoch + 1} restarts from its first step", flush=True)
         t.partial = None
-    log_path = Path(run.args.log_dir) / TRAINING_LOG
-    if log_path.is_file():
-        t.history = [e for e in json.loads(log_path.read_text()) if e["epoch"] <= t.start_epoch]
-    if run.is_main:
+    if run.is_main:  # only rank 0 writes the log
+        t.history = ckpt.load_history(run.args.log_dir, checkpoint)
         where = f"epoch {t.start_epoch}" + (f", step {t.partial['step']}" if t.partial else "")
         resume_from = run.args.resume_from
         ignored = f"; --resume_from {resume_from} ignored" if resume_from and path != Path(resume_from) else ""
-        print(f"Resuming from {path} ({where}, global step {checkpoint['global_step']}{ignored})", flush=True)
+        print("\n".join([f"Resuming from {path} ({where}, global step {checkpoint['global_step']}{ignored})", *notes]),
+              flush=True)
 
 
 def save_reconstruction(raw_model, clip: torch.Tensor, path: Path, run: Run) -> np.ndarray:
@@ -266,30 +214,17 @@ def save_reconstruction(raw_model, clip: torch.Tensor, path: Path, run: Run) -> 
     raw_model.eval()
     with torch.no_grad(), run.autocast():
         recon = raw_model(clip[None].to(run.device))["reconstruction"][0].float().cpu()  # (T, 1, H, W)
-    rows = [torch.cat(list(video[:, 0]), dim=1) for video in (clip, recon)]  # each (H, T*W)
-    image = (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    ok, png = cv2.imencode(".png", image)
-    cli.write_bytes(path, png.tobytes())
-    return image
-
-
-def tensorboard_writer(log_dir: Path):
-    """A SummaryWriter in log_dir/tensorboard when the optional tensorboard package is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(log_dir / "tensorboard"))
+    return write_reconstruction_strip(clip[:, 0].numpy(), recon[:, 0].numpy(), path)
 
 
 def check_finite(bad_step: torch.Tensor, epoch: int, run: Run):
-    """Raise NonFiniteLoss if any rank saw a non-finite loss this epoch (bad_step >= 0)."""
+    """Raise cli.NonFiniteError if any rank saw a non-finite loss this epoch (bad_step >= 0)."""
     if run.world_size > 1:
         bad_step = bad_step.clone()
         dist.all_reduce(bad_step, op=dist.ReduceOp.MAX)
     step = int(bad_step.item())
     if step >= 0:
-        raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {step + 1} of {run.steps_per_epoch}; "
+        raise cli.NonFiniteError(f"non-finite loss at epoch {epoch}, step {step + 1} of {run.steps_per_epoch}; "
                             f"stopped, the last good checkpoint in {run.args.save_dir} is kept "
                             f"(try a lower --learning_rate or --amp off)")
 
@@ -348,12 +283,15 @@ def train_one_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> bool:
 
 
 @torch.no_grad()
-def evaluate(t: Trainer) -> dict:
-    """Mean validation losses over all ranks, keys prefixed with val_."""
-    run = t.run
+def evaluate(t: Trainer) -> dict | None:
+    """Mean validation losses over all ranks, keys prefixed with val_; None when a stop signal came first."""
+    run, args = t.run, t.run.args
     t.raw_model.eval()
     sums = torch.zeros(len(LOSS_KEYS) + 1, device=run.device)  # clip-weighted sums, then the clip count
-    for batch in t.val_loader:
+    common = math.ceil(len(t.val_ds) // run.world_size / args.batch_size)  # batches every rank has
+    for i, batch in enumerate(t.val_loader):
+        if i < common and (run.world_size == 1 or i % args.log_every == 0) and run.stop_requested():
+            return None
         video = batch["video"].to(run.device, non_blocking=True)  # (B, T, 1, H, W)
         labels = batch["label"].to(run.device, non_blocking=True) if run.args.use_classifier else None
         with run.autocast():
@@ -368,12 +306,12 @@ def evaluate(t: Trainer) -> dict:
 
 
 def save(t: Trainer, paths: list[Path], epoch: int, losses: dict, progress: EpochProgress | None = None):
-    """Every rank calls this (RNG states are gathered); rank 0 serialises once and writes each path."""
+    """Every rank calls this (RNG states are gathered); rank 0 serialises once and writes each path.
+    Non-finite weights are never written (cli.NonFiniteError on every rank)."""
     run = t.run
-    states = [ckpt.rng_state(run.device)]
-    if run.world_size > 1:
-        states = [None] * run.world_size
-        dist.all_gather_object(states, ckpt.rng_state(run.device))
+    where = f"at epoch {epoch + 1}, step {progress.step}" if progress is not None else f"after epoch {epoch}"
+    ckpt.require_finite_weights(t.raw_model.state_dict(), where, run.args.save_dir)
+    states = ckpt.gather_rng_states(run.device, run.world_size)
     if run.is_main:
         ckpt.save_checkpoint({
             "model_state_dict": t.raw_model.state_dict(), "optimizer_state_dict": t.optimizer.state_dict(),
@@ -387,8 +325,9 @@ def save(t: Trainer, paths: list[Path], epoch: int, losses: dict, progress: Epoc
         dist.barrier()  # nobody exits (and makes torchrun stop the others) before the files are written
 
 
-def end_of_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> dict:
-    """Validate, log, write the PNG and the checkpoints of a finished epoch; returns the log entry."""
+def end_of_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> dict | None:
+    """Validate, log, write the PNG and the checkpoints of a finished epoch; returns the log entry, or None
+    when a stop signal came during validation (nothing written)."""
     run, args = t.run, t.run.args
     start = time.perf_counter()
     sums = progress.sums.clone()
@@ -396,7 +335,11 @@ def end_of_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> dict:
         dist.all_reduce(sums)
     entry = {"epoch": epoch, "lr": t.scheduler.get_last_lr()[0],
              **dict(zip(LOSS_KEYS, (sums / (progress.step * run.world_size)).tolist(), strict=True))}
-    entry.update(evaluate(t) if t.val_loader is not None else {f"val_{k}": None for k in LOSS_KEYS})
+    ckpt.require_finite_weights(t.raw_model.state_dict(), f"after epoch {epoch}", args.save_dir)
+    val = evaluate(t) if t.val_loader is not None else {f"val_{k}": None for k in LOSS_KEYS}
+    if val is None:
+        return None
+    entry.update(ckpt.require_finite_losses(val, f"at epoch {epoch}", args.save_dir))
     epoch_time = progress.time_s + time.perf_counter() - start
     entry.update(epoch_time_s=epoch_time, clips_per_s=progress.clips / max(progress.time_s, 1e-9),
                  global_step=t.scheduler.last_epoch)
@@ -404,14 +347,14 @@ def end_of_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> dict:
     score = entry["val_total"] if entry["val_total"] is not None else entry["total"]
     save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
     paths = [save_dir / "last.pt"]
-    if epoch % args.save_every == 0 or epoch == args.num_epochs:
+    if (epoch % args.save_every == 0 or epoch == args.num_epochs) and args.keep_checkpoints > 0:
         paths.insert(0, save_dir / f"checkpoint_epoch_{epoch}.pt")
     if score < t.best:
         t.best = score
         paths.insert(0, save_dir / "best.pt")
     if run.is_main:
-        cli.write_json(log_dir / TRAINING_LOG, t.history)
-        plot_training_curves(t.history, log_dir / TRAINING_CURVES)
+        cli.write_json(log_dir / ckpt.TRAINING_LOG, t.history)
+        plot_training_curves(t.history, log_dir / ckpt.TRAINING_CURVES)
         fixed_clip = (t.val_ds or t.train_ds)[0]["video"]
         image = save_reconstruction(t.raw_model, fixed_clip, log_dir / f"recon_epoch_{epoch}.png", run)
         if t.writer is not None:
@@ -422,10 +365,22 @@ def end_of_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> dict:
             t.writer.flush()
     save(t, paths, epoch, entry)  # last.pt last: when it says epoch N, every file of epoch N exists
     if run.is_main:
+        ckpt.prune_checkpoints(save_dir, args.keep_checkpoints)  # only once the new one is written
         val = f"{entry['val_total']:.4f}" if entry["val_total"] is not None else "-"
         print(f"epoch {epoch}/{args.num_epochs}  train {entry['total']:.4f}  val {val}  "
               f"lr {entry['lr']:.2e}  {epoch_time:.1f} s  {entry['clips_per_s']:.1f} clips/s", flush=True)
     return entry
+
+
+def save_stopped(t: Trainer, epoch: int, progress: EpochProgress) -> int:
+    """After a stop signal inside epoch `epoch` (training or validation): last.pt with the position; exit 85."""
+    run, save_dir = t.run, Path(t.run.args.save_dir)
+    means = dict(zip(LOSS_KEYS, (progress.sums / max(progress.step, 1)).tolist(), strict=True))
+    save(t, [save_dir / "last.pt"], epoch - 1, means, progress)
+    if run.is_main:
+        print(f"{run.stop.received}: saved {save_dir / 'last.pt'} at epoch {epoch}, step {progress.step}; "
+              f"exit {cli.EXIT_STOPPED}", flush=True)
+    return cli.EXIT_STOPPED
 
 
 def fit(t: Trainer) -> int:
@@ -438,42 +393,42 @@ def fit(t: Trainer) -> int:
         t.partial = None
         t.train_ds.set_epoch(epoch)
         t.sampler.set_epoch(epoch, skip=progress.step * args.batch_size)
-        if train_one_epoch(t, epoch, progress):
-            means = dict(zip(LOSS_KEYS, (progress.sums / max(progress.step, 1)).tolist(), strict=True))
-            save(t, [save_dir / "last.pt"], epoch - 1, means, progress)
-            if run.is_main:
-                print(f"{run.stop.received}: saved {save_dir / 'last.pt'} at epoch {epoch}, step {progress.step}; "
-                      f"exit {cli.EXIT_STOPPED}", flush=True)
-            return cli.EXIT_STOPPED
-        end_of_epoch(t, epoch, progress)
+        if train_one_epoch(t, epoch, progress) or end_of_epoch(t, epoch, progress) is None:
+            return save_stopped(t, epoch, progress)
         if run.stop_requested() and epoch < args.num_epochs:
             if run.is_main:
                 print(f"{run.stop.received}: saved {save_dir / 'last.pt'} after epoch {epoch}; "
                       f"exit {cli.EXIT_STOPPED}", flush=True)
             return cli.EXIT_STOPPED
     if run.world_size > 1:  # DDP keeps the replicas equal: check it once, at the end
-        digests = [None] * run.world_size
-        dist.all_gather_object(digests, ckpt.weights_digest(t.raw_model.state_dict()))
-        same = len(set(digests)) == 1
+        digest, same = ckpt.replicas_identical(t.raw_model.state_dict(), run.world_size)
         if run.is_main:
-            print(f"DDP: weights sha256 {digests[0][:16]} on ranks {list(range(run.world_size))}: "
+            print(f"DDP: weights sha256 {digest[:16]} on ranks {list(range(run.world_size))}: "
                   f"{'identical' if same else 'DIFFERENT'}", flush=True)
         return cli.EXIT_OK if same else 1
     return cli.EXIT_OK
 
 
 def train(args, run: Run) -> int:
-    """Check everything, then set up, resume and fit. Nothing is written before the input is known good."""
+    """Check everything, then take the save_dir and train. Nothing is written before the input is known good."""
     check_args(args)
     cli.check_seed(args.seed)
     config = model_lib.config_from_args(args)
-    data_config = DataConfig.from_args(args)
+    data_config = dataset_ivf.DataConfig.from_args(args)
     if run.device.type == "cuda":
         run.device = torch.device("cuda", run.local_rank)
     run.amp_dtype = cli.resolve_amp_dtype(args.amp, run.device)
-    checkpoint, checkpoint_path = ckpt.find_resume_checkpoint(args.save_dir, args.resume_from, asdict(config))
-    train_ds, val_ds = build_datasets(args, data_config)
-    dataset_ivf.check_clips_per_recording(checkpoint, checkpoint_path, train_ds)
+    lock = ckpt.RunLock(args.save_dir).check() if run.is_main else contextlib.nullcontext()  # rank 0 holds it
+    checkpoint, path, notes = ckpt.find_resume_checkpoint(args.save_dir, args.resume_from, asdict(config), vars(args))
+    num_classes = args.num_classes if args.use_classifier else None
+    datasets = dataset_ivf.train_val_datasets(args.index_csv, data_config, run.stop, num_classes)
+    dataset_ivf.check_clips_per_recording(checkpoint, path, datasets[0])
+    with lock:
+        return train_locked(args, run, config, data_config, datasets, checkpoint, path, notes)
+
+
+def train_locked(args, run: Run, config, data_config, datasets, checkpoint, path, notes) -> int:
+    """Set up, resume (or write the initial last.pt) and fit, holding the save_dir."""
     if run.world_size > 1:
         if run.device.type == "cuda":
             torch.cuda.set_device(run.device)
@@ -481,18 +436,28 @@ def train(args, run: Run) -> int:
     if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
+    train_ds, val_ds = datasets
+    last, log_dir = Path(args.save_dir) / "last.pt", Path(args.log_dir)
     if run.is_main:
-        save_dir.mkdir(parents=True, exist_ok=True)
         log_dir.mkdir(parents=True, exist_ok=True)
         splits = [ds.metadata(i) for ds in (train_ds, val_ds) if ds is not None for i in range(len(ds.rows))]
         cli.atomic_write(log_dir / "split.csv", lambda f: f.write(pd.DataFrame(splits).to_csv(index=False).encode()))
     t = set_up(args, run, config, data_config, train_ds, val_ds)
     if checkpoint is not None:
-        resume(t, checkpoint, checkpoint_path)
+        resume(t, checkpoint, path, notes)
+    if run.stop_requested():
+        if run.is_main:
+            print(f"{run.stop.received} during setup: nothing trained yet, " + (f"{last} is unchanged" if checkpoint
+                  else "nothing to save") + f"; exit {cli.EXIT_STOPPED}", flush=True)
+        return cli.EXIT_STOPPED
+    # last.pt comes before any other file of a run (checkpoint.check_save_dir relies on it)
+    if checkpoint is None:
+        save(t, [last], 0, {})
+    elif run.is_main and not last.is_file():
+        ckpt.save_checkpoint(checkpoint, [last])
     if t.start_epoch >= args.num_epochs:
         if run.is_main:
-            print(f"Training already finished ({t.start_epoch} of {args.num_epochs} epochs in {checkpoint_path}); "
+            print(f"Training already finished ({t.start_epoch} of {args.num_epochs} epochs in {path}); "
                   f"raise --num_epochs to train longer", flush=True)
         return cli.EXIT_OK
     if run.is_main:
@@ -509,6 +474,9 @@ def main(args) -> int:
         run = Run(args, cli.resolve_device(args.device), None, rank, world_size,
                   int(os.environ.get("LOCAL_RANK", 0)), stop)
         return train(args, run)
+    except cli.Stopped as stopped:  # a stop signal, not an error
+        print(stopped, flush=True)
+        return stopped.exit_code
     except cli.ScriptError as err:
         print(f"train.py: error: {err}", file=sys.stderr, flush=True)
         return err.exit_code

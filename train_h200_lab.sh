@@ -141,7 +141,7 @@ workers=$(( cpus / (n_gpus > 1 ? n_gpus : 1) - 1 ))
 say "$n_gpus GPU(s), ${launcher[*]}, results in $RESULTS_DIR, checkpoint every ${CHECKPOINT_SECONDS}s"
 timeout --signal=TERM --kill-after="$KILL_AFTER_SECONDS" "$CHECKPOINT_SECONDS" \
     "${launcher[@]}" "$HERE/train.py" --save_dir "$RESULTS_DIR/checkpoints" --log_dir "$RESULTS_DIR/logs" \
-    --cache_dir "$CACHE_DIR" --num_workers "$workers" "${index_flags[@]}" "$@" &
+    --cache_dir "$CACHE_DIR" --num_workers "$workers" --keep_checkpoints 2 "${index_flags[@]}" "$@" &
 child=$!
 signalled=""
 # train.py treats SIGUSR1 like SIGTERM; `timeout` relays TERM to its command but dies of USR1.

@@ -14,7 +14,7 @@ from sklearn.decomposition import PCA
 import analyze_latents as al
 import latent_geometry as geometry
 import latent_probes as probes
-from cli import PIXELS_KEY, UNTRAINED_KEY, InputError
+from cli import PIXELS_KEY, UNTRAINED_KEY, InputError, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -273,6 +273,17 @@ def test_trim_start_drops_the_warm_up_frames(tmp_path):
     assert summary["trajectories"]["statistics_median"]["n_frames"] == 25
     speeds = pd.read_csv(tmp_path / "a" / "speeds.csv")
     assert speeds["frame_index"].min() == 6
+
+
+@pytest.mark.parametrize("source", ["trajectories", "clips"])
+def test_trajectories_shorter_than_3_frames_are_one_line_exit_2(tmp_path, capsys, source):
+    _write_latents(tmp_path / "latents", n_frames=2)  # trajectories of 2 frames, clips of 1
+    args = al.get_args_parser().parse_args(["--latents", str(tmp_path / "latents"), "--out", str(tmp_path / "a"),
+                                            "--trim_start", "0", "--source", source])
+    assert run_main("analyze_latents.py", al.report, args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no trajectory with at least 3 frames" in err
+    assert not (tmp_path / "a").exists()
 
 
 def test_phases_sort_in_developmental_order():

@@ -55,8 +55,15 @@ def make_garbage_frame(root):
     return "garbage", "x_RUN2.png"
 
 
+def make_int16_tiff_frame(root):
+    """One int16 TIFF among JPEG frames: a reduced-resolution probe would see 8-bit gray and miss it."""
+    good_folder(root / "int16")
+    assert cv2.imwrite(str(root / "int16" / "x_RUN3.tif"), np.full((16, 16), -5, np.int16))
+    return "int16", "x_RUN3.tif"
+
+
 BAD = [make_missing, make_empty_folder, make_zero_byte_video, make_unreadable_video, make_truncated_jpeg,
-       make_non_image_file, make_garbage_frame]
+       make_non_image_file, make_garbage_frame, make_int16_tiff_frame]
 
 
 @pytest.mark.parametrize("make_bad", BAD, ids=lambda f: f.__name__[5:])

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import analyze_latents
 import extract_latents
-from cli import InputError
+from cli import InputError, run_main
 from dataset_ivf import IVFSequenceDataset
 from make_synthetic_data import make_synthetic_dataset
 from model import ConvLSTMAutoencoder, ModelConfig
@@ -180,6 +180,23 @@ def test_cli_bad_checkpoint_exits_2_with_one_line(tmp_path, wells):
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and str(bad) in result.stderr
+
+
+@pytest.mark.parametrize("case", ["tensor", "no_model_state", "nan_weights"])
+def test_malformed_checkpoints_exit_2_with_one_line(case, checkpoint, wells, tmp_path, capsys):
+    good = torch.load(checkpoint, weights_only=True)
+    nan = {k: v * float("nan") if v.is_floating_point() else v for k, v in good["model_state_dict"].items()}
+    bad = tmp_path / "bad.pt"
+    torch.save({"tensor": torch.zeros(3), "no_model_state": {k: v for k, v in good.items() if k != "model_state_dict"},
+                "nan_weights": {**good, "model_state_dict": nan}}[case], bad)
+    args = extract_latents.get_args_parser().parse_args(["--checkpoint", str(bad), "--index_csv", str(wells),
+                                                         "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert run_main("extract_latents.py", extract_latents.run, args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err
+    assert {"tensor": "not a train.py checkpoint", "no_model_state": "missing model_state_dict",
+            "nan_weights": "non-finite weights"}[case] in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_checkpoint_and_bad_flags_are_clear_errors(tmp_path, wells):

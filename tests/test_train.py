@@ -203,7 +203,7 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoin
     last = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
     assert last["epoch"] == 1 and last["partial_epoch"] is None
     assert all(torch.isfinite(t).all() for t in last["model_state_dict"].values())
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["best.pt", "checkpoint_epoch_1.pt", "last.pt"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("[!.]*")) == ["best.pt", "checkpoint_epoch_1.pt", "last.pt"]
     assert len(json.loads((tmp_path / "logs" / "training_log.json").read_text())) == 1
 
 

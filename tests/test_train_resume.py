@@ -81,7 +81,7 @@ def reference(index_csv, tmp_path_factory) -> Path:
 
 def test_outputs_have_the_promised_names_and_keys(reference):
     ckpt, logs = reference / "ckpt", reference / "logs"
-    assert sorted(p.name for p in ckpt.iterdir()) == ["best.pt", "checkpoint_epoch_2.pt", "checkpoint_epoch_3.pt",
+    assert sorted(p.name for p in ckpt.glob("[!.]*")) == ["best.pt", "checkpoint_epoch_2.pt", "checkpoint_epoch_3.pt",
                                                      "last.pt"]
     last = load(ckpt / "last.pt")
     assert CHECKPOINT_KEYS <= set(last)
@@ -104,7 +104,7 @@ def test_outputs_have_the_promised_names_and_keys(reference):
 def test_sigkill_at_a_random_point_then_resume_equals_uninterrupted(index_csv, reference, tmp_path):
     delay = random.Random().uniform(0.0, 1.5)
     print(f"SIGKILL {delay:.2f} s after the first last.pt")  # shown if the test fails
-    proc = start_and_wait_for(index_csv, tmp_path, "ckpt/last.pt")  # epoch 1 done
+    proc = start_and_wait_for(index_csv, tmp_path, "ckpt/last.pt")  # the initial last.pt, before the first step
     time.sleep(delay)
     proc.kill()
     proc.communicate()
@@ -114,9 +114,9 @@ def test_sigkill_at_a_random_point_then_resume_equals_uninterrupted(index_csv, r
 
 
 def test_sigterm_mid_epoch_saves_last_pt_exits_85_and_rerun_continues(index_csv, reference, tmp_path):
-    # split.csv is written once the signal handlers are in place, before the first step: the
+    # The initial last.pt (epoch 0) is written after setup, just before the first step: the
     # signal lands inside epoch 1, so the resume has to skip the batches already done.
-    proc = start_and_wait_for(index_csv, tmp_path, "logs/split.csv")
+    proc = start_and_wait_for(index_csv, tmp_path, "ckpt/last.pt")
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
@@ -134,7 +134,7 @@ def test_sigterm_mid_epoch_saves_last_pt_exits_85_and_rerun_continues(index_csv,
 def test_sigterm_to_the_whole_process_group_spares_the_loader_workers(index_csv, tmp_path):
     # `timeout` and shells signal the whole process group; DataLoader workers leave it, so they
     # are not killed mid-batch (which used to crash the run before it could save).
-    proc = start_and_wait_for(index_csv, tmp_path, "ckpt/last.pt", "--num_workers", "2", "--num_epochs", "50")
+    proc = start_and_wait_for(index_csv, tmp_path, "logs/training_log.json", "--num_workers", "2", "--num_epochs", "50")
     os.killpg(proc.pid, signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 85, stderr
