@@ -40,10 +40,12 @@ RESUME_FLAGS = {
                      "learning_rate", "weight_decay", "warmup_epochs", "grad_clip", "l1_weight", "ms_ssim_weight",
                      "smooth_weight", "cls_weight", "image_size", "encoder_hidden_dim", "encoder_layers",
                      "decoder_hidden_dim", "decoder_layers", "kernel_size", "peephole", "use_classifier",
-                     "num_classes", "upsample", "mask_ratio", "clips_per_recording"), "refuse"),
+                     "num_classes", "upsample", "mask_ratio"), "refuse"),
     **dict.fromkeys(("num_epochs", "amp"), "announce"),  # num_epochs: the cosine schedule ends at the new last epoch
     **dict.fromkeys(("num_workers", "log_every", "device", "cache_dir", "skip_bad", "annotations_dir", "save_every",
                      "keep_checkpoints", "compile", "save_dir", "log_dir", "resume_from"), "quiet"),
+    # refused by dataset_ivf.check_clips_per_recording, which also knows that older checkpoints drew one clip
+    "clips_per_recording": "quiet",
 }
 
 

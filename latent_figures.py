@@ -9,6 +9,7 @@ import io
 import math
 from pathlib import Path
 
+import cv2
 import matplotlib
 
 matplotlib.use("Agg")
@@ -199,9 +200,7 @@ def write_reconstruction_strip(frames: np.ndarray, reconstruction: np.ndarray, p
     uint8 image (2H, T*W)."""
     rows = [np.concatenate(list(video), axis=1) for video in (frames, reconstruction)]  # each (H, T*W)
     image = np.round(np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    plt.imsave(buffer, image, cmap="gray", vmin=0, vmax=255, format="png")
-    write_bytes(path, buffer.getvalue())
+    write_bytes(path, cv2.imencode(".png", image)[1].tobytes())  # 8-bit gray, as the frames
     return image
 
 
@@ -216,17 +215,22 @@ def tensorboard_writer(log_dir: Path):
 
 
 def plot_training_curves(history: list[dict], path: Path) -> None:
-    """Per-epoch train and validation losses (log scale): total, then each part, from training_log.json entries."""
+    """Per-epoch train and validation losses (log scale) from training_log.json entries: the total, then each part
+    that is ever positive."""
     epochs = [e["epoch"] for e in history]
-    parts = ("total", "l1", "ms_ssim", "smooth", "classification")
+
+    def series(key):
+        return [e[key] if e.get(key) is not None and e[key] > 0 else np.nan for e in history]
+
+    parts = [p for p in ("total", "l1", "ms_ssim", "smooth", "classification")
+             if p == "total" or np.isfinite(series(p) + series("val_" + p)).any()]
     fig, axes = plt.subplots(1, len(parts), figsize=(3.2 * len(parts), 3), squeeze=False)
     for ax, part in zip(axes[0], parts, strict=True):
-        for prefix, style in (("", "-"), ("val_", "--")):
-            values = [e.get(prefix + part) for e in history]
-            if any(v is not None and v > 0 for v in values):
-                ax.plot(epochs, [v if v is not None and v > 0 else np.nan for v in values], style,
-                        label="val" if prefix else "train")
-        ax.set(title="1 - MS-SSIM" if part == "ms_ssim" else part, xlabel="epoch", yscale="log")
+        for prefix, style in (("", "o-"), ("val_", "s--")):
+            ax.plot(epochs, series(prefix + part), style, markersize=3, label="val" if prefix else "train")
+        ax.set(title="1 - MS-SSIM" if part == "ms_ssim" else part, xlabel="epoch")
+        if np.isfinite(series(part) + series("val_" + part)).any():
+            ax.set_yscale("log")
         ax.legend(fontsize=7)
     _save(fig, path)
 

@@ -119,15 +119,15 @@ def test_run_plan_is_printed_and_a_rerun_keeps_the_epoch_length(index_csv, tmp_p
             ["--index_csv", str(index_csv), "--save_dir", str(tmp_path / "ckpt"), "--log_dir", str(tmp_path / "logs"),
              *TINY, *extra]))
 
-    assert run("--num_epochs", "1", "--clips_per_recording", "2") == 0
+    assert run("--num_epochs", "1", "--clips_per_recording", "2", "--warmup_epochs", "0.5") == 0
     out = capsys.readouterr().out
     assert ("Run plan: 6 training recordings x 2 clips = 12 clips an epoch, 6 steps an epoch (batch 2); 1 epochs = "
-            "6 steps, warm-up 6 steps; validation 2 clips (one per recording)") in out
+            "6 steps, warm-up 3 steps; validation 2 clips (one per recording)") in out
     split = pd.read_csv(tmp_path / "logs" / "split.csv")
     assert len(split) == 8 and split["cell_id"].is_unique  # one row per recording, not per clip
     checkpoint = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
     assert checkpoint["data_config"]["clips_per_recording"] == 2 and checkpoint["global_step"] == 6
-    assert run("--num_epochs", "2", "--clips_per_recording", "3") == 2  # another epoch length: refused
+    assert run("--num_epochs", "2", "--clips_per_recording", "3", "--warmup_epochs", "0.5") == 2  # refused
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pass --clips_per_recording 2 to continue" in err
     assert run("--num_epochs", "2", "--clips_per_recording", "2", "--warmup_epochs", "0.5") == 0
