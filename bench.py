@@ -29,9 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import cli
 import train
-from conv_lstm import compile_gate_updates
 from losses import AutoencoderLoss
-from model import ConvLSTMAutoencoder, ModelConfig
+from model import ConvLSTMAutoencoder, ModelConfig, forward_loss, training_forward
 
 
 @dataclass
@@ -73,9 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None,
                         help="timed rounds, each one project and one reference step (default: the config's)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default: the config's)")
-    cli.add_device_args(parser, compile_aliases=("--compile_cell",),
-                        compile_help="torch.compile the ConvLSTM gate arithmetic of the project's model, as train.py "
-                                     "--compile does; compile time falls in the warm-up (default: off)")
+    cli.add_device_args(parser, compile=True, compile_aliases=("--compile_cell",))  # compile time: in the warm-up
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers (default: 2)")
     parser.add_argument("--skip_loader", action="store_true", help="skip the DataLoader benchmark (default: off)")
     parser.add_argument("--threads", type=int, default=0,
@@ -192,17 +189,15 @@ def synchronize(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def make_train_step(model, loss_fn, video, labels, amp_dtype, fused_optimizer):
+def make_train_step(model, loss_fn, video, labels, amp_dtype, fused_optimizer, forward=forward_loss):
     """train.py's train_step as a closure, as train.py sets it up: AdamW (fused there), its default gradient
-    clip, a GradScaler (on for fp16)."""
+    clip, a GradScaler (on for fp16), the forward --compile picked."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_optimizer)
-    device_type = video.device.type
-    scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(video.device.type, enabled=amp_dtype == torch.float16)
     grad_clip = train.get_args_parser().get_default("grad_clip")
 
     def step():
-        autocast = torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
-        train.train_step(model, video, labels, loss_fn, optimizer, scaler, autocast, grad_clip)
+        train.train_step(model, video, labels, loss_fn, optimizer, scaler, amp_dtype, grad_clip, forward)
 
     return step
 
@@ -327,9 +322,8 @@ def measure_steps(config: ModelConfig, device, amp_dtype, args, batch_size: int,
     with torch.no_grad():  # the two implementations compute the same function (fp32)
         check = video[:2, :3]
         difference = (model(check)["reconstruction"] - reference(check)["reconstruction"]).abs().max().item()
-    if args.compile:
-        compile_gate_updates(model)
-    step_fns = {"project": make_train_step(model, loss_fn, video, labels, amp_dtype, fused_optimizer=True),
+    forward = training_forward(model, args.compile, device)
+    step_fns = {"project": make_train_step(model, loss_fn, video, labels, amp_dtype, True, forward),
                 "reference": make_train_step(reference, loss_fn, video, labels, None, fused_optimizer=False)}
     peak = {}
     for name, step in step_fns.items():
@@ -338,7 +332,9 @@ def measure_steps(config: ModelConfig, device, amp_dtype, args, batch_size: int,
             step()
         synchronize(device)
         peak[name] = peak_memory_bytes(device)
-    flops = {name: count_flops(step) for name, step in step_fns.items()}
+    # counted eagerly (the same arithmetic): a compiled graph hides its operations from the counter
+    eager_fns = {**step_fns, "project": make_train_step(model, loss_fn, video, labels, amp_dtype, True)}
+    flops = {name: count_flops(step) for name, step in eager_fns.items()}
     probes = matmul_probe(device, matmul_n)
     for probe in probes.values():
         probe()  # warm-up
@@ -391,7 +387,7 @@ def main(args) -> int:
     result = {
         "device": str(device), "device_name": device_name(device),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "config": args.config,
-        "model_config": asdict(config), **s, "amp": amp_name, "compile_cell": args.compile,
+        "model_config": asdict(config), **s, "amp": amp_name, "compile": args.compile,
         "reference_max_abs_diff": m["difference"], "matmul_size": matmul_n,
         **step_figures(m, s["batch_size"], amp_name),
     }
@@ -417,7 +413,7 @@ def print_table(r: dict):
           f"B={r['batch_size']} T={r['seq_len']} {r['model_config']['image_size']} px, best of {r['steps']} rounds")
     print(f"{'':28s} {'step s':>8s} {'median':>8s} {'clips/s':>8s} {'GFLOP/step':>11s} {'GFLOP/s':>8s} "
           f"{'of matmul':>9s} {'peak MB':>8s}")
-    project = f"project ({r['amp']}{', compiled cell' if r['compile_cell'] else ''})"
+    project = f"project ({r['amp']}, compile {r['compile']})"
     for name, label in (("project", project), ("reference", "plain reference (fp32)")):
         p = r[name]
         print(f"{label:28s} {p['step_s']:8.3f} {p['step_s_median']:8.3f} {p['clips_per_s']:8.2f} "

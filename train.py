@@ -19,6 +19,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,7 +35,6 @@ from tqdm import tqdm
 import checkpoint as ckpt
 import cli
 import model as model_lib
-from conv_lstm import compile_gate_updates
 from dataset_ivf import DataConfig, IVFSequenceDataset, ResumableSampler, add_data_args, leave_process_group
 from losses import LOSS_KEYS, AutoencoderLoss
 
@@ -69,8 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="checkpoint to start from when save_dir has no last.pt yet; save_dir/last.pt, when "
                         "present, always wins so that rerunning a command continues it (default: %(default)s)")
     cli.add_seed_arg(g)
-    cli.add_device_args(g, compile_help="torch.compile the ConvLSTM gate arithmetic (not the unrolled time loop): "
-                                        "about 10%% faster steps after a one-off compile (default: off)")
+    cli.add_device_args(g, compile=True)
     g.add_argument("--log_every", type=int, default=10,
                    help="update the progress bar and check the loss every N steps (default: %(default)s)")
     return parser
@@ -143,6 +142,7 @@ class Trainer:
     best: float = math.inf
     history: list | None = None
     partial: dict | None = None  # position inside the interrupted epoch, from a mid-epoch last.pt
+    forward: Callable = model_lib.forward_loss  # model and loss of a step; compiled with --compile step
 
 
 def check_args(args):
@@ -199,24 +199,24 @@ def set_up(args, run: Run, config, data_config, train_ds, val_ds) -> Trainer:
     model = raw_model
     if run.world_size > 1:
         model = DistributedDataParallel(raw_model, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
-    if args.compile:
-        compile_gate_updates(raw_model)
+    forward = model_lib.training_forward(raw_model, args.compile, run.device)
     loss_fn = AutoencoderLoss(args.l1_weight, args.ms_ssim_weight, args.smooth_weight,
                               args.cls_weight if args.use_classifier else 0.0).to(run.device)
     loader_kw = dict(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=run.device.type == "cuda",
                      persistent_workers=args.num_workers > 0, worker_init_fn=leave_process_group,
                      generator=torch.Generator().manual_seed(args.seed))
     sampler = ResumableSampler(train_ds, run.world_size, run.rank, args.seed)
-    train_loader = DataLoader(train_ds, sampler=sampler, **loader_kw)
+    static = args.compile == "step"  # full batches only: one compiled graph (a short last batch is dropped)
+    train_loader = DataLoader(train_ds, sampler=sampler, drop_last=static, **loader_kw)
     val_loader = DataLoader(val_ds, sampler=list(range(run.rank, len(val_ds), run.world_size)), **loader_kw) \
         if val_ds is not None else None
-    run.steps_per_epoch = math.ceil(len(sampler.inner) / args.batch_size)
+    run.steps_per_epoch = len(train_loader)  # batches of a whole epoch (sampler.skip is 0 here)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
                                   fused=True)  # one kernel for all parameters (CPU and CUDA)
     scheduler = lr_schedule(optimizer, args.warmup_epochs * run.steps_per_epoch, args.num_epochs * run.steps_per_epoch)
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
     return Trainer(run, config, data_config, train_ds, val_ds, raw_model, model, loss_fn, optimizer, scheduler,
-                   scaler, sampler, train_loader, val_loader, history=[])
+                   scaler, sampler, train_loader, val_loader, history=[], forward=forward)
 
 
 def resume(t: Trainer, checkpoint: dict, path: Path):
@@ -270,12 +270,12 @@ def check_finite(bad_step: torch.Tensor, epoch: int, run: Run):
                             f"(try a lower --learning_rate or --amp off)")
 
 
-def train_step(model, video, labels, loss_fn, optimizer, scaler, autocast, grad_clip: float) -> dict:
-    """One optimisation step: forward under autocast, fp32 loss, scaled backward, clipping, optimizer step.
-    Returns the loss parts (fp32 scalars on the device). bench.py times this very function."""
-    with autocast:
-        output = model(video)  # reconstruction (B, T, 1, H, W), z_seq, z_last[, logits]
-    parts = loss_fn(output, video, labels)  # computed outside autocast
+def train_step(model, video, labels, loss_fn, optimizer, scaler, amp_dtype, grad_clip: float,
+               forward=model_lib.forward_loss) -> dict:
+    """One optimisation step: forward (model_lib.forward_loss, maybe compiled), scaled backward, clipping, optimizer
+    step; no host sync unless fp16's scaler checks for inf. Returns the loss parts (fp32 scalars on the device).
+    bench.py times this very function."""
+    parts = forward(model, loss_fn, video, labels, amp_dtype)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(parts["total"]).backward()
     if grad_clip > 0:
@@ -297,7 +297,8 @@ def train_one_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> bool:
     for batch in bar:
         video = batch["video"].to(run.device, non_blocking=True)  # (B, T, 1, H, W)
         labels = batch["label"].to(run.device, non_blocking=True) if args.use_classifier else None
-        parts = train_step(t.model, video, labels, t.loss_fn, t.optimizer, t.scaler, run.autocast(), args.grad_clip)
+        parts = train_step(t.model, video, labels, t.loss_fn, t.optimizer, t.scaler, run.amp_dtype, args.grad_clip,
+                           t.forward)
         t.scheduler.step()
         losses = torch.stack([parts[k].detach().float() for k in LOSS_KEYS])  # stays on device: no sync
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(losses).all(), progress.step, bad_step)
@@ -438,6 +439,9 @@ def train(args, run: Run) -> int:
     run.amp_dtype = cli.resolve_amp_dtype(args.amp, run.device)
     checkpoint, checkpoint_path = ckpt.find_resume_checkpoint(args.save_dir, args.resume_from, asdict(config))
     train_ds, val_ds = build_datasets(args, data_config)
+    if args.compile == "step" and len(train_ds) < args.batch_size * run.world_size:
+        raise cli.InputError(f"--compile step trains on full batches only: {len(train_ds)} training clips are fewer "
+                             f"than --batch_size {args.batch_size} x {run.world_size} processes; lower --batch_size")
     if run.world_size > 1:
         if run.device.type == "cuda":
             torch.cuda.set_device(run.device)
