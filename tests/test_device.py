@@ -100,3 +100,24 @@ def test_batched_encoding_of_unequal_recordings_equals_one_at_a_time(device):
                 with torch.no_grad():
                     z_seq, _ = model.encode(frames[None].to(device))  # (1, n, C, h, w)
                 torch.testing.assert_close(pooled, z_seq[0].mean(dim=(2, 3)).cpu(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CUDA's sync debug mode)")
+def test_cuda_compiled_step_has_no_host_sync():
+    """Once compiled and captured, a bf16 training step (forward, loss, backward, clipping, AdamW) never waits
+    for the GPU: CUDA's sync debug mode raises on any synchronising call."""
+    device = torch.device("cuda")
+    model = tiny_model(device)
+    forward = training_forward(model, "step", device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    scaler, loss_fn = torch.amp.GradScaler("cuda", enabled=False), AutoencoderLoss(cls_weight=1.0)
+    x, labels = torch.rand(2, 3, 1, 16, 16, device=device), torch.tensor([0, 1], device=device)
+    for _ in range(3):  # compile, warm up, record the CUDA graphs
+        train.train_step(model, x, labels, loss_fn, optimizer, scaler, torch.bfloat16, 1.0, forward)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        parts = train.train_step(model, x, labels, loss_fn, optimizer, scaler, torch.bfloat16, 1.0, forward)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(parts["total"]).item()
