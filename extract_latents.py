@@ -66,32 +66,32 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None):
 def encode_trajectories(model: ConvLSTMAutoencoder, recordings: list[torch.Tensor], chunk_len: int,
                         keep_full: bool = False, amp_dtype: torch.dtype | None = None,
                         ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Encode whole recordings, each (n_i, 1, H, W), side by side, chunk_len frames at a time, each carrying its
-    own encoder state: identical to one pass per recording (the CNN's GroupNorm and the ConvLSTM work clip by
-    clip). Lockstep: a recording leaves the batch, state and all, after its last chunk; the shorter last chunks
-    of one round are padded with their last frame, and the padded steps, which come after the recording's last
-    frame, are dropped. Returns per recording its pooled latents (n_i, C) float32 on the CPU and, with
-    keep_full, the unpooled (n_i, C, h, w)."""
+    """Encode whole recordings, each (n_i, 1, H, W), side by side, at most chunk_len frames a call, each
+    carrying its own encoder state: identical to one pass per recording (the CNN's GroupNorm and the ConvLSTM
+    work clip by clip). Lockstep without padding: each call advances every unfinished recording by the same
+    number of frames, chunk_len or up to the end of the shortest one, which then leaves the batch with its
+    state. Returns per recording its pooled latents (n_i, C) float32 on the CPU and, with keep_full, the
+    unpooled (n_i, C, h, w)."""
     device, lengths = model_device(model), [r.shape[0] for r in recordings]
     pooled, full = [[] for _ in recordings], [[] for _ in recordings]
-    active, state = list(range(len(recordings))), None  # rows of the batch; each layer's (h, c) of those rows
-    for start in range(0, max(lengths, default=0), chunk_len):
-        still = [k for k in active if lengths[k] > start]
-        if state is not None and len(still) < len(active):  # finished recordings leave with their state
-            rows = torch.tensor([active.index(k) for k in still], device=device)
-            state = [(h[rows], c[rows]) for h, c in state]
-        active = still
-        sizes = [min(chunk_len, lengths[k] - start) for k in active]
-        chunk = torch.stack([torch.cat([recordings[k][start:start + n]] + [recordings[k][start + n - 1:start + n]]
-                                       * (max(sizes) - n)) for k, n in zip(active, sizes, strict=True)])
+    active, state, start = [k for k in range(len(recordings)) if lengths[k] > 0], None, 0
+    while active:  # rows of the batch; state: each layer's (h, c) of those rows
+        step = min(chunk_len, min(lengths[k] for k in active) - start)
+        chunk = torch.stack([recordings[k][start:start + step] for k in active])  # (B, L, 1, H, W)
         with autocast(device, amp_dtype):
             z_seq, state = model.encode(chunk.to(device, non_blocking=True), state)  # (B, L, C, h, w)
         z_seq = z_seq.float()
         means = z_seq.mean(dim=(3, 4)).cpu()  # (B, L, C)
-        for row, (k, n) in enumerate(zip(active, sizes, strict=True)):
-            pooled[k].append(means[row, :n])
+        for row, k in enumerate(active):
+            pooled[k].append(means[row])
             if keep_full:
-                full[k].append(z_seq[row, :n].cpu())  # (n, C, h, w)
+                full[k].append(z_seq[row].cpu())  # (L, C, h, w)
+        start += step
+        still = [row for row, k in enumerate(active) if lengths[k] > start]
+        if len(still) < len(active):  # finished recordings leave the batch with their state
+            rows = torch.tensor(still, dtype=torch.long, device=device)
+            state = [(h[rows], c[rows]) for h, c in state]
+            active = [active[row] for row in still]
     width = model.config.encoder_hidden_dim
     return [(torch.cat(p) if p else torch.zeros(0, width), torch.cat(f) if keep_full and f else None)
             for p, f in zip(pooled, full, strict=True)]

@@ -5,8 +5,8 @@
 
 Steps, each a subprocess with its own time limit (a failed step is recorded and the rest still run; the exit
 code is 1 if any failed): the device-aware tests (tests/test_device.py) on CUDA; bench.py (full config, bf16)
-eager, with the compiled gate arithmetic, eager at a large batch, and with the whole step compiled (CUDA
-graphs); a 3-epoch train.py run on synthetic wells under AMP; train.py under torchrun with one process;
+eager, with the whole step compiled (CUDA graphs), with the compiled gate arithmetic, and eager at a large
+batch; a 3-epoch train.py run on synthetic wells under AMP; train.py under torchrun with one process;
 extract_latents.py (trajectories) on the GPU; and, in this process, the largest batch whose training step fits
 at 128 px (doubling, then bisection, catching torch.cuda.OutOfMemoryError). Writes OUT/gpu_check.json (every
 figure) and OUT/gpu_check.log (every step's output); prints a table last: clips/s, share of the measured bf16
@@ -37,7 +37,7 @@ TARGET_CLIPS, TARGET_EPOCHS, TARGET_MINUTES = 13_300, 50, 30  # the 704-embryo s
 SIZES = {
     "gpu": dict(device="cuda", bench=["--config", "full", "--steps", "5", "--warmup", "2"], big_batch=64,
                 data=dict(n_embryos=48, n_frames=30, size=128), image_size=128, seq_len=20, batch_size=16,
-                model=[], tests=["-k", "cuda"], search=(8, 4096), budget_s=450, workers=4),
+                model=[], tests=["-k", "cuda"], search=(8, 4096), budget_s=440, workers=4),
     "dry_run": dict(device="cpu", bench=["--config", "tiny", "--steps", "1", "--warmup", "1", "--threads", "1"],
                     big_batch=4, data=dict(n_embryos=8, n_frames=8, size=32), image_size=32, seq_len=4,
                     batch_size=2, model=["--encoder_hidden_dim", "8", "--encoder_layers", "1", "--decoder_hidden_dim",
@@ -53,8 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry_run", action="store_true",
                         help="the same steps at a toy size on the CPU, in about a minute (default: off)")
     parser.add_argument("--compile_modes", type=str, default=None,
-                        help="comma-separated --compile modes of the B=8 bench runs (default: off,gates,step; "
-                             "off with --dry_run)")
+                        help="comma-separated --compile modes of the B=8 bench runs, in this order (default: "
+                             "off,step,gates; off with --dry_run)")
     return parser
 
 
@@ -230,7 +230,7 @@ def print_summary(result: dict):
 
 def main(args) -> int:
     size = SIZES["dry_run" if args.dry_run else "gpu"]
-    modes = (args.compile_modes or ("off" if args.dry_run else "off,gates,step")).split(",")
+    modes = (args.compile_modes or ("off" if args.dry_run else "off,step,gates")).split(",")
     if not set(modes) <= set(cli.COMPILE_CHOICES):
         raise cli.InputError(f"--compile_modes takes modes from {cli.COMPILE_CHOICES}, got {args.compile_modes}")
     out = Path(args.out)
