@@ -1,10 +1,11 @@
 # `make test` and `make demo` each set up .venv first (reused when the requirements are unchanged).
+# `make gpu-check` runs on a GPU machine's own Python (torch there already; no venv): see BENCHMARKS.md.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 REQUIREMENTS := requirements.txt requirements-analysis.txt requirements-dev.txt
 
-.PHONY: test demo venv clean
+.PHONY: test demo venv clean gpu-check
 
 venv: $(VENV)/.installed
 
@@ -41,5 +42,10 @@ demo: venv $(DEMO)/data/index.csv
 $(DEMO)/data/index.csv: | venv
 	$(PY) make_synthetic_data.py --out $(DEMO)/data --n_embryos 48 --n_frames 96 --size 128 --seed 0
 
+# The GPU check: tests on CUDA, bench (eager, compiled gates, compiled step, large batch), train, torchrun,
+# extraction and the largest batch, in under 8 minutes on one H200; gpu_check_out/gpu_check.json and .log.
+gpu-check:
+	$(PYTHON) gpu_check.py --out gpu_check_out
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache $(DEMO)
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(DEMO) gpu_check_out

@@ -1,14 +1,15 @@
 """Benchmark of the training step, FLOP utilisation, peak memory and the data loader, in one process.
 
 Measures, in one run: (1) training steps/s and clips/s of the project's model (forward, the real
-AutoencoderLoss, backward, AdamW step) under --amp; (2) the same for a plain reference written here
-(one convolution over cat(x_t, h) per time step, fp32, contiguous, no compile) holding the same
-weights, and the speed ratio; (3) dense matmul throughput (fp32 and bf16); (4) FLOPs per training
-step (torch.utils.flop_counter), achieved FLOP/s and its share of the matmul throughput of the
-dtype in use; (5) peak memory; (6) DataLoader clips/s from raw JPEG frames and from the decoded
-cache, against the model's consumption rate. Project and reference steps and the matmul probes are
-interleaved round by round, so that all figures come from the same phase of a noisy machine;
-each figure is the best round (the median is in the JSON too).
+AutoencoderLoss, backward, AdamW step) under --amp and --compile; (2) the same for a plain reference
+written here (one convolution over cat(x_t, h) per step, fp32, no compile) holding the same weights, and
+the speed ratio; (3) matmul throughput (fp32, bf16) of a square matmul and of the model's own gate GEMM
+shapes; (4) FLOPs per step (torch.utils.flop_counter), achieved FLOP/s and its share of the best matmul
+of the dtype in use; (5) peak memory; (6) DataLoader clips/s from raw JPEGs and from the decoded cache,
+against the model's consumption. With --extraction instead: frames/s of trajectory extraction, one
+recording at a time in fp32 against side by side under --amp. Steps and probes are interleaved round
+by round, so that all figures come from the same phase of a noisy machine; each figure is the best
+round (the median is in the JSON too).
 
     python bench.py --device cpu --config small --json bench_small_cpu.json
 """
@@ -24,14 +25,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import cli
 import train
-from conv_lstm import compile_gate_updates
+from bench_reference import PlainAutoencoder, reference_state_dict
 from losses import AutoencoderLoss
-from model import ConvLSTMAutoencoder, ModelConfig
+from model import ConvLSTMAutoencoder, ModelConfig, forward_loss, training_forward
 
 
 @dataclass
@@ -73,11 +73,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None,
                         help="timed rounds, each one project and one reference step (default: the config's)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default: the config's)")
-    cli.add_device_args(parser, compile_aliases=("--compile_cell",),
-                        compile_help="torch.compile the ConvLSTM gate arithmetic of the project's model, as train.py "
-                                     "--compile does; compile time falls in the warm-up (default: off)")
+    cli.add_device_args(parser, compile=True, compile_aliases=("--compile_cell",))  # compile time: in the warm-up
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers (default: 2)")
     parser.add_argument("--skip_loader", action="store_true", help="skip the DataLoader benchmark (default: off)")
+    parser.add_argument("--extraction", action="store_true",
+                        help="measure trajectory extraction instead of training: --batch_size recordings of 3-5 x "
+                             "--seq_len frames through the model and an untrained control, one at a time in fp32 "
+                             "(the old loop) against side by side under --amp (default: off)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch; 0 = torch's default, one per core (default: 0)")
     cli.add_seed_arg(parser, "weights, inputs and synthetic wells")
@@ -85,97 +87,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---- the plain reference ------------------------------------------------------------------------
-
-class PlainConvLSTM(nn.Module):
-    """Textbook ConvLSTM stack: each step convolves cat(x_t, h) once, fp32, zero initial state."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, kernel_size: int, num_layers: int):
-        super().__init__()
-        self.hidden_dim = hidden_dim
-        self.cells = nn.ModuleList(
-            nn.Conv2d((input_dim if layer == 0 else hidden_dim) + hidden_dim, 4 * hidden_dim, kernel_size,
-                      padding=kernel_size // 2)
-            for layer in range(num_layers)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _, height, width = x.shape  # (B, T, C, H, W)
-        layer_input = x
-        for conv in self.cells:
-            h = x.new_zeros(b, self.hidden_dim, height, width)
-            c = x.new_zeros(b, self.hidden_dim, height, width)
-            outputs = []
-            for step in range(t):
-                gates = conv(torch.cat([layer_input[:, step], h], dim=1))  # (B, 4*hid, H, W)
-                i, f, o, g = gates.chunk(4, dim=1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-                outputs.append(h)
-            layer_input = torch.stack(outputs, dim=1)  # (B, T, hid, H, W)
-        return layer_input
-
-
-class PlainAutoencoder(nn.Module):
-    """The project's architecture written the plain way (no peepholes), for the reference timing."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        if config.peephole:
-            raise ValueError("the plain reference has no peepholes; benchmark a config with peephole=False")
-        c1, c2, c3 = config.cnn_channels
-        hid, dec = config.encoder_hidden_dim, config.decoder_hidden_dim
-        half, quarter = max(dec // 2, 1), max(dec // 4, 1)
-
-        def stage(conv):
-            return nn.Sequential(conv, nn.GroupNorm(min(8, conv.out_channels), conv.out_channels), nn.ReLU())
-
-        self.frame_encoder = nn.Sequential(*(stage(nn.Conv2d(i, o, 3, stride=2, padding=1, bias=False))
-                                             for i, o in ((config.in_channels, c1), (c1, c2), (c2, c3))))
-        self.encoder = PlainConvLSTM(c3, hid, config.kernel_size, config.encoder_layers)
-        self.decoder = PlainConvLSTM(hid, dec, config.kernel_size, config.decoder_layers)
-        self.frame_decoder = nn.Sequential(
-            stage(nn.ConvTranspose2d(dec, half, 4, stride=2, padding=1, bias=False)),
-            stage(nn.ConvTranspose2d(half, quarter, 4, stride=2, padding=1, bias=False)),
-            nn.ConvTranspose2d(quarter, config.in_channels, 4, stride=2, padding=1),
-        )
-        h1, h2 = config.classifier_hidden
-        self.classifier = nn.Sequential(nn.Linear(hid, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(),
-                                        nn.Linear(h2, config.num_classes)) if config.use_classifier else None
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        b, t = x.shape[:2]  # (B, T, C, H, W)
-        features = self.frame_encoder(x.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, c3, H/8, W/8)
-        z_seq = self.encoder(features)  # (B, T, hid, H/8, W/8)
-        hidden_seq = self.decoder(z_seq)  # (B, T, dec, H/8, W/8)
-        frames = torch.sigmoid(self.frame_decoder(hidden_seq.flatten(0, 1)))  # (B*T, C, H, W)
-        output = {"reconstruction": frames.unflatten(0, (b, t)), "z_seq": z_seq, "z_last": z_seq[:, -1]}
-        if self.classifier is not None:
-            output["logits"] = self.classifier(output["z_last"].mean(dim=(2, 3)))  # (B, num_classes)
-        return output
-
-
-def reference_state_dict(project_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map the project's weights onto PlainAutoencoder: conv over cat(x, h) = [conv_x | conv_h]."""
-    state = {}
-    for key, value in project_state.items():
-        key = key.replace("frame_encoder.layers.", "frame_encoder.").replace("frame_decoder.layers.", "frame_decoder.")
-        key = key.replace("classifier.mlp.", "classifier.")
-        if ".conv_x." in key:
-            cell = key.split(".conv_x.")[0]
-            if key.endswith("weight"):
-                value = torch.cat([value, project_state[cell + ".conv_h.weight"]], dim=1)
-            key = key.replace(".conv_x.", ".")
-        elif ".conv_h." in key:
-            continue
-        state[key] = value.contiguous()
-    return state
-
-
 # ---- measurements --------------------------------------------------------------------------------
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model name (with AMX when present) on Linux."""
+    """The GPU's name, or the CPU's model name with its bf16 matrix units (AMX-BF16, AVX512-BF16) on Linux."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -184,7 +99,9 @@ def device_name(device: torch.device) -> str:
         return platform.processor() or platform.machine()
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                 platform.machine())
-    return f"{name}, AMX" if " amx_bf16" in info else name
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    units = [label for flag, label in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+    return ", ".join([name, *units])
 
 
 def synchronize(device: torch.device):
@@ -192,17 +109,15 @@ def synchronize(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def make_train_step(model, loss_fn, video, labels, amp_dtype, fused_optimizer):
+def make_train_step(model, loss_fn, video, labels, amp_dtype, fused_optimizer, forward=forward_loss):
     """train.py's train_step as a closure, as train.py sets it up: AdamW (fused there), its default gradient
-    clip, a GradScaler (on for fp16)."""
+    clip, a GradScaler (on for fp16), the forward --compile picked."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_optimizer)
-    device_type = video.device.type
-    scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(video.device.type, enabled=amp_dtype == torch.float16)
     grad_clip = train.get_args_parser().get_default("grad_clip")
 
     def step():
-        autocast = torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
-        train.train_step(model, video, labels, loss_fn, optimizer, scaler, autocast, grad_clip)
+        train.train_step(model, video, labels, loss_fn, optimizer, scaler, amp_dtype, grad_clip, forward)
 
     return step
 
@@ -222,13 +137,34 @@ def count_flops(step) -> int:
     return counter.get_total_flops()
 
 
-def matmul_probe(device: torch.device, n: int):
-    """Closures timing one n x n matmul in fp32 and bf16; each returns GFLOP/s."""
+def gate_gemm_shapes(config: ModelConfig, batch_size: int, seq_len: int, max_rows: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of the ConvLSTM gate convolutions as im2col GEMMs: the recurrent conv_h of every step
+    (M = B*h*w, K = hid*k*k, N = 4*hid) and the batched conv_x of each layer (M = B*T*h*w, at most max_rows)."""
+    rows, k2 = (config.image_size // 8) ** 2, config.kernel_size ** 2
+    shapes = set()
+    for c_in, hid in ((config.cnn_channels[-1], config.encoder_hidden_dim),
+                      (config.encoder_hidden_dim, config.decoder_hidden_dim)):
+        shapes.add((batch_size * rows, hid * k2, 4 * hid))
+        for channels in (c_in, hid):  # first layer, later layers
+            shapes.add((min(batch_size * seq_len * rows, max_rows), channels * k2, 4 * hid))
+    return sorted(shapes)
+
+
+def matmul_probe(device: torch.device, n: int, shapes: list[tuple[int, int, int]]):
+    """Closures timing an n x n x n matmul and the model's own GEMM shapes, in fp32 and bf16; each returns
+    GFLOP/s. Small shapes repeat within one timing on a GPU, so that launch and sync do not dominate."""
     probes = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        probes[name] = (lambda a=a, b=b: 2 * n ** 3 / timed(lambda: torch.mm(a, b), device) / 1e9)
+        for m, k, cols in [(n, n, n), *shapes]:
+            a = torch.randn(m, k, device=device).to(dtype)
+            b = torch.randn(k, cols, device=device).to(dtype)
+            flops = 2 * m * k * cols
+            reps = max(1, int(2e12 // flops)) if device.type == "cuda" else 1
+
+            def probe(a=a, b=b, flops=flops, reps=reps):
+                return reps * flops / timed(lambda: [torch.mm(a, b) for _ in range(reps)], device) / 1e9
+
+            probes[f"{name} {m}x{k}x{cols}"] = probe
     return probes
 
 
@@ -327,9 +263,8 @@ def measure_steps(config: ModelConfig, device, amp_dtype, args, batch_size: int,
     with torch.no_grad():  # the two implementations compute the same function (fp32)
         check = video[:2, :3]
         difference = (model(check)["reconstruction"] - reference(check)["reconstruction"]).abs().max().item()
-    if args.compile:
-        compile_gate_updates(model)
-    step_fns = {"project": make_train_step(model, loss_fn, video, labels, amp_dtype, fused_optimizer=True),
+    forward = training_forward(model, args.compile, device)
+    step_fns = {"project": make_train_step(model, loss_fn, video, labels, amp_dtype, True, forward),
                 "reference": make_train_step(reference, loss_fn, video, labels, None, fused_optimizer=False)}
     peak = {}
     for name, step in step_fns.items():
@@ -338,8 +273,10 @@ def measure_steps(config: ModelConfig, device, amp_dtype, args, batch_size: int,
             step()
         synchronize(device)
         peak[name] = peak_memory_bytes(device)
-    flops = {name: count_flops(step) for name, step in step_fns.items()}
-    probes = matmul_probe(device, matmul_n)
+    # counted eagerly (the same arithmetic): a compiled graph hides its operations from the counter
+    eager_fns = {**step_fns, "project": make_train_step(model, loss_fn, video, labels, amp_dtype, True)}
+    flops = {name: count_flops(step) for name, step in eager_fns.items()}
+    probes = matmul_probe(device, matmul_n, gate_gemm_shapes(config, batch_size, seq_len, max_rows=matmul_n * 4))
     for probe in probes.values():
         probe()  # warm-up
     times = {name: [] for name in step_fns}
@@ -353,8 +290,10 @@ def measure_steps(config: ModelConfig, device, amp_dtype, args, batch_size: int,
 
 
 def step_figures(m: dict, batch_size: int, amp_name: str) -> dict:
-    """Per-step figures of the project and the reference, each against its dtype's matmul peak."""
-    matmul = {name: max(values) for name, values in m["gflops"].items()}
+    """Per-step figures of the project and the reference, each against its dtype's matmul peak (the best
+    of the square matmul and the model's own GEMM shapes)."""
+    by_shape = {name: max(values) for name, values in m["gflops"].items()}
+    matmul = {dtype: max(v for k, v in by_shape.items() if k.split()[0] == dtype) for dtype in ("fp32", "bf16")}
     project_peak = matmul["bf16"] if amp_name in ("bf16", "fp16") else matmul["fp32"]
     result = {}
     for name, values in m["times"].items():
@@ -370,7 +309,39 @@ def step_figures(m: dict, batch_size: int, amp_name: str) -> dict:
     result["speedup_vs_reference"] = result["project"]["steps_per_s"] / result["reference"]["steps_per_s"]
     result["speedup_vs_reference_median"] = (result["reference"]["step_s_median"]
                                              / result["project"]["step_s_median"])
-    return {"matmul_gflops": matmul, "matmul_gflops_rounds": m["gflops"], **result}
+    return {"matmul_gflops": matmul, "matmul_gflops_by_shape": by_shape, "matmul_gflops_rounds": m["gflops"],
+            **result}
+
+
+def measure_extraction(config: ModelConfig, device, amp_dtype, n_recordings: int, seq_len: int, steps: int,
+                       warmup: int) -> dict:
+    """Frames/s of extract_latents.py's trajectory encoding (a model and its control, each frame through both):
+    one recording at a time in fp32 against encode_trajectories' side-by-side batch under amp_dtype."""
+    import extract_latents
+
+    chunk_len = extract_latents.get_args_parser().get_default("chunk_len")
+    models = [ConvLSTMAutoencoder(config).to(device).eval() for _ in range(2)]  # trained stand-in, control
+    lengths = torch.linspace(3 * seq_len, 5 * seq_len, n_recordings).long().tolist()
+    recordings = [torch.rand(n, config.in_channels, config.image_size, config.image_size) for n in lengths]
+    paths = {
+        "one_at_a_time_fp32": lambda: [extract_latents.encode_trajectories(m, [r], chunk_len)[0][0]
+                                       for m in models for r in recordings],
+        "batched": lambda: [z for m in models for z, _ in
+                            extract_latents.encode_trajectories(m, recordings, chunk_len, amp_dtype=amp_dtype)],
+    }
+    times, latents = {name: [] for name in paths}, {}
+    for round_ in range(warmup + steps):
+        for name, path in paths.items():
+            seconds = timed(lambda name=name, path=path: latents.__setitem__(name, path()), device)
+            if round_ >= warmup:
+                times[name].append(seconds)
+    result = {name: {"s": min(t), "s_median": statistics.median(t), "s_rounds": t,
+                     "frames_per_s": sum(lengths) / min(t)} for name, t in times.items()}
+    pairs = list(zip(latents["batched"], latents["one_at_a_time_fp32"], strict=True))
+    return {**result, "recording_lengths": lengths, "chunk_len": chunk_len, "frames": sum(lengths),
+            "speedup": result["one_at_a_time_fp32"]["s"] / result["batched"]["s"],
+            "max_abs_diff": max((a - b).abs().max().item() for a, b in pairs),
+            "max_abs_latent": max(b.abs().max().item() for _, b in pairs)}
 
 
 def main(args) -> int:
@@ -385,17 +356,19 @@ def main(args) -> int:
     preset = PRESETS[args.config]
     config = ModelConfig(**preset.model)
     matmul_n = preset.matmul_size if device.type == "cpu" else max(preset.matmul_size, 8192)
-    m = measure_steps(config, device, amp_dtype, args, s["batch_size"], s["seq_len"], s["steps"], s["warmup"],
-                      matmul_n)
     amp_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
-    result = {
-        "device": str(device), "device_name": device_name(device),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "config": args.config,
-        "model_config": asdict(config), **s, "amp": amp_name, "compile_cell": args.compile,
-        "reference_max_abs_diff": m["difference"], "matmul_size": matmul_n,
-        **step_figures(m, s["batch_size"], amp_name),
-    }
-    if not args.skip_loader:
+    result = {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "config": args.config, "model_config": asdict(config), **s,
+              "amp": amp_name}
+    if args.extraction:
+        result["extraction"] = measure_extraction(config, device, amp_dtype, s["batch_size"], s["seq_len"],
+                                                  s["steps"], s["warmup"])
+    else:
+        m = measure_steps(config, device, amp_dtype, args, s["batch_size"], s["seq_len"], s["steps"], s["warmup"],
+                          matmul_n)
+        result.update(compile=args.compile, reference_max_abs_diff=m["difference"], matmul_size=matmul_n,
+                      **step_figures(m, s["batch_size"], amp_name))
+    if not (args.skip_loader or args.extraction):
         rates = benchmark_loader(preset, s["batch_size"], s["seq_len"], config.image_size, args.num_workers,
                                  device.type == "cuda", args.seed)
         consumption = result["project"]["clips_per_s"]
@@ -413,11 +386,19 @@ def main(args) -> int:
 
 def print_table(r: dict):
     """The figures as a short table."""
+    if "extraction" in r:
+        e = r["extraction"]
+        print(f"{r['device_name']} ({r['device']}, {r['threads']} threads): {r['batch_size']} recordings, "
+              f"{e['frames']} frames, chunks of {e['chunk_len']}, model + control: one at a time in fp32 "
+              f"{e['one_at_a_time_fp32']['frames_per_s']:.1f} frames/s, side by side in {r['amp']} "
+              f"{e['batched']['frames_per_s']:.1f} frames/s ({e['speedup']:.2f}x); latents differ by at most "
+              f"{e['max_abs_diff']:.1e} (largest {e['max_abs_latent']:.2f})")
+        return
     print(f"{r['device_name']} ({r['device']}, {r['threads']} threads), torch {r['torch']}, config {r['config']}: "
           f"B={r['batch_size']} T={r['seq_len']} {r['model_config']['image_size']} px, best of {r['steps']} rounds")
     print(f"{'':28s} {'step s':>8s} {'median':>8s} {'clips/s':>8s} {'GFLOP/step':>11s} {'GFLOP/s':>8s} "
           f"{'of matmul':>9s} {'peak MB':>8s}")
-    project = f"project ({r['amp']}{', compiled cell' if r['compile_cell'] else ''})"
+    project = f"project ({r['amp']}, compile {r['compile']})"
     for name, label in (("project", project), ("reference", "plain reference (fp32)")):
         p = r[name]
         print(f"{label:28s} {p['step_s']:8.3f} {p['step_s_median']:8.3f} {p['clips_per_s']:8.2f} "
@@ -426,7 +407,9 @@ def print_table(r: dict):
     print(f"speed-up over the reference: {r['speedup_vs_reference']:.2f}x (best), "
           f"{r['speedup_vs_reference_median']:.2f}x (median); outputs agree to {r['reference_max_abs_diff']:.1e}")
     mm = r["matmul_gflops"]
-    print(f"matmul {r['matmul_size']}^2: fp32 {mm['fp32']:.0f} GFLOP/s, bf16 {mm['bf16']:.0f} GFLOP/s")
+    shapes = ", ".join(f"{k} {v:.0f}" for k, v in r["matmul_gflops_by_shape"].items())
+    print(f"matmul peak (best of {r['matmul_size']}^2 and the gate GEMMs M x K x N): fp32 {mm['fp32']:.0f} GFLOP/s, "
+          f"bf16 {mm['bf16']:.0f} GFLOP/s; by shape: {shapes}")
     if "loader" in r:
         ld = r["loader"]
         print(f"loader ({ld['num_workers']} workers, {ld['frame_size']} px JPEGs): "

@@ -13,7 +13,9 @@ vector of encoder_hidden_dim channels per frame.
 
 `--mode trajectory` writes `OUT/trajectories/`: every `--frame_step`-th frame of each whole recording, streamed
 through the encoder `--chunk_len` frames at a time with the recurrent state carried over (identical to one
-pass), one file per embryo as it goes, so memory stays bounded by one recording:
+pass), `--batch_size` recordings side by side, one file per embryo as it goes, so memory stays bounded by
+`--batch_size` recordings. Both modes run under the autocast the model was trained with (the checkpoint's
+--amp, on this device):
 - `<k>_<cell_id>.npz` with `z` (n, C), `frame_indices` (n,), `hours` (n,) (NaN unknown), `phase` (n,)
   ('' unknown), and with `--save_z_seq` `z_full` (n, C, h, w); unless `--no_controls`, the controls the
   analysis reports every probe against: `z_untrained` (n, C), the same frames through the run's model at its
@@ -52,22 +54,56 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.inference_mode()
-def encode_trajectory(model: ConvLSTMAutoencoder, frames: torch.Tensor, chunk_len: int,
-                      keep_full: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Encode a whole recording (n, 1, H, W) in chunks, carrying the encoder state.
+def inference_amp(checkpoint: dict, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype the run trained with (its --amp; fp32 for a checkpoint that does not say), on this
+    device; fp16 on a CPU becomes bf16 where the CPU has native bf16 (else fp32)."""
+    amp = checkpoint.get("args", {}).get("amp", "off")
+    return cli.resolve_amp_dtype("auto" if amp == "fp16" and device.type == "cpu" else amp, device)
 
-    Returns pooled latents (n, C) float32 on the CPU and, with keep_full, the unpooled (n, C, h, w).
-    """
-    device = model_device(model)
-    state, pooled, full = None, [], []
-    for start in range(0, frames.shape[0], chunk_len):
-        chunk = frames[start:start + chunk_len].to(device, non_blocking=True)[None]  # (1, L, 1, H, W)
-        z_seq, state = model.encode(chunk, state)  # (1, L, C, h, w)
-        pooled.append(z_seq[0].float().mean(dim=(2, 3)).cpu())  # (L, C)
-        if keep_full:
-            full.append(z_seq[0].float().cpu())  # (L, C, h, w)
-    return torch.cat(pooled), (torch.cat(full) if keep_full else None)
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+
+@torch.inference_mode()
+def encode_trajectories(model: ConvLSTMAutoencoder, recordings: list[torch.Tensor], chunk_len: int,
+                        keep_full: bool = False, amp_dtype: torch.dtype | None = None,
+                        ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Encode whole recordings, each (n_i, 1, H, W), side by side, at most chunk_len frames a call, each
+    carrying its own encoder state: identical to one pass per recording (the CNN's GroupNorm and the ConvLSTM
+    work clip by clip). Lockstep without padding: each call advances every unfinished recording by the same
+    number of frames, chunk_len or up to the end of the shortest one, which then leaves the batch with its
+    state. Returns per recording its pooled latents (n_i, C) float32 on the CPU and, with keep_full, the
+    unpooled (n_i, C, h, w)."""
+    device, lengths = model_device(model), [r.shape[0] for r in recordings]
+    pooled, full = [[] for _ in recordings], [[] for _ in recordings]
+    active, state, start = [k for k in range(len(recordings)) if lengths[k] > 0], None, 0
+    while active:  # rows of the batch; state: each layer's (h, c) of those rows
+        step = min(chunk_len, min(lengths[k] for k in active) - start)
+        chunk = torch.stack([recordings[k][start:start + step] for k in active])  # (B, L, 1, H, W)
+        with autocast(device, amp_dtype):
+            z_seq, state = model.encode(chunk.to(device, non_blocking=True), state)  # (B, L, C, h, w)
+        z_seq = z_seq.float()
+        means = z_seq.mean(dim=(3, 4)).cpu()  # (B, L, C)
+        for row, k in enumerate(active):
+            pooled[k].append(means[row])
+            if keep_full:
+                full[k].append(z_seq[row].cpu())  # (L, C, h, w)
+        start += step
+        still = [row for row, k in enumerate(active) if lengths[k] > start]
+        if len(still) < len(active):  # finished recordings leave the batch with their state
+            rows = torch.tensor(still, dtype=torch.long, device=device)
+            state = [(h[rows], c[rows]) for h, c in state]
+            active = [active[row] for row in still]
+    width = model.config.encoder_hidden_dim
+    return [(torch.cat(p) if p else torch.zeros(0, width), torch.cat(f) if keep_full and f else None)
+            for p, f in zip(pooled, full, strict=True)]
+
+
+def encode_trajectory(model: ConvLSTMAutoencoder, frames: torch.Tensor, chunk_len: int, keep_full: bool = False,
+                      amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One recording (n, 1, H, W) through encode_trajectories: pooled (n, C) and, with keep_full, (n, C, h, w)."""
+    return encode_trajectories(model, [frames], chunk_len, keep_full, amp_dtype)[0]
 
 
 PIXEL_SIDE = 16  # raw-pixel control: frames area-averaged to 16 x 16 = 256 features (PCA'd in the analysis)
@@ -112,7 +148,8 @@ def build_dataset(args: argparse.Namespace, checkpoint: dict, image_size: int) -
                               training=False, augment=False, skip_bad=args.skip_bad, image_size=image_size, **given)
 
 
-def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: Path, args) -> dict:
+def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: Path, args,
+                  amp_dtype: torch.dtype | None = None) -> dict:
     """One evaluation clip per row -> pooled z_last / z_seq, probabilities and metadata in out/clips."""
     folder = out / CLIPS_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -132,7 +169,8 @@ def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: 
         for batch in tqdm(loader, desc="clips", unit="batch", disable=None):
             x = batch["video"].to(model_device(model), non_blocking=True)  # (B, T, 1, H, W)
             tick = time.perf_counter()
-            z_seq, _ = model.encode(x)  # (B, T, C, h, w)
+            with autocast(x.device, amp_dtype):
+                z_seq, _ = model.encode(x)  # (B, T, C, h, w)
             z_seq = z_seq.float()
             z_last = z_seq[:, -1]  # (B, C, h, w)
             outputs = {"z_last_pooled": z_last.mean(dim=(2, 3)), "z_seq_pooled": z_seq.mean(dim=(3, 4))}
@@ -161,51 +199,66 @@ def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: 
 
 
 def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: Path, args,
-                         control: ConvLSTMAutoencoder | None = None) -> dict:
-    """Whole recordings, every frame_step-th frame, one .npz per embryo in out/trajectories (written as it goes)."""
+                         control: ConvLSTMAutoencoder | None = None, amp_dtype: torch.dtype | None = None) -> dict:
+    """Whole recordings, every frame_step-th frame, one .npz per embryo in out/trajectories (written as it goes).
+    --batch_size recordings are encoded side by side (encode_trajectories), under the run's autocast."""
     folder = out / TRAJECTORY_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    rows, seen, skipped, duplicates = [], set(), [], 0
-    frames_encoded, encode_s = 0, 0.0
+    rows, seen, skipped, duplicates, group, encode_s = [], set(), [], 0, [], 0.0
     for i in tqdm(range(len(dataset)), desc="trajectories", unit="embryo", disable=None):
-        meta = dataset.metadata(i)
-        cell_id = str(meta["cell_id"])
+        cell_id = str(dataset.metadata(i)["cell_id"])
         if dataset.recording(i) in seen:  # clip-row index.csv: several rows of one recording
             duplicates += 1
             continue
         seen.add(dataset.recording(i))
-        total = dataset.num_frames(i)
-        positions = np.arange(0, total, args.frame_step, dtype=np.int64)
+        positions = np.arange(0, dataset.num_frames(i), args.frame_step, dtype=np.int64)
         try:
-            frames = torch.from_numpy(dataset.load_frames(i, positions))  # (n, 1, H, W)
+            group.append((i, positions, torch.from_numpy(dataset.load_frames(i, positions))))  # (n, 1, H, W)
         except InputError as error:
             if not args.skip_bad:
                 raise
             tqdm.write(f"skipping {cell_id}: {error}", file=sys.stderr)
             skipped.append(cell_id)
-            continue
-        tick = time.perf_counter()
-        pooled, full = encode_trajectory(model, frames, args.chunk_len, keep_full=args.save_z_seq)
-        encode_s += time.perf_counter() - tick
-        frames_encoded += len(positions)
-        hours, phase = dataset.annotations(i, positions)
-        name = f"{len(rows):05d}_{_safe_name(cell_id)}.npz"
-        arrays = {LATENT_KEY: pooled.numpy(), "frame_indices": positions, "hours": hours.astype(np.float32),
-                  "phase": np.asarray(phase, dtype=str)}  # str, not object: loads without pickle
-        if control is not None:
-            arrays[UNTRAINED_KEY] = encode_trajectory(control, frames, args.chunk_len)[0].numpy()
-            arrays[PIXELS_KEY] = pixel_features(frames)
-        if full is not None:
-            arrays["z_full"] = full.numpy()
-        np.savez(folder / name, **arrays)
-        rows.append(_metadata_row({"file": name, "cell_id": cell_id, "label": int(meta["label"]),
-                                   "n_frames": len(positions), "total_frames": total, "frame_step": args.frame_step},
-                                  meta))
+        if len(group) == args.batch_size:
+            encode_s += _encode_and_write(model, control, group, dataset, folder, rows, args, amp_dtype)
+            group = []
+    if group:
+        encode_s += _encode_and_write(model, control, group, dataset, folder, rows, args, amp_dtype)
     if not rows:
         raise InputError(f"{args.index_csv}: no recording could be read (skipped {len(skipped)})")
     pd.DataFrame(rows).to_csv(folder / METADATA_CSV, index=False)
     return {"n_embryos": len(rows), "skipped": skipped, "duplicate_rows": duplicates, "frame_step": args.frame_step,
-            "chunk_len": args.chunk_len, "frames_encoded": frames_encoded, "encode_s": encode_s}
+            "chunk_len": args.chunk_len, "recordings_per_batch": args.batch_size,
+            "frames_encoded": sum(row["n_frames"] for row in rows),
+            "encode_s": encode_s}
+
+
+def _encode_and_write(model, control, group: list, dataset, folder: Path, rows: list, args, amp_dtype) -> float:
+    """Encode a group of loaded recordings [(row, positions, frames)] and write one .npz each; returns the
+    seconds spent encoding."""
+    tick = time.perf_counter()
+    recordings = [frames for _, _, frames in group]
+    latents = encode_trajectories(model, recordings, args.chunk_len, args.save_z_seq, amp_dtype)
+    untrained = None if control is None else encode_trajectories(control, recordings, args.chunk_len,
+                                                                 amp_dtype=amp_dtype)
+    seconds = time.perf_counter() - tick
+    for k, (i, positions, frames) in enumerate(group):
+        meta = dataset.metadata(i)
+        hours, phase = dataset.annotations(i, positions)
+        name = f"{len(rows):05d}_{_safe_name(str(meta['cell_id']))}.npz"
+        pooled, full = latents[k]
+        arrays = {LATENT_KEY: pooled.numpy(), "frame_indices": positions, "hours": hours.astype(np.float32),
+                  "phase": np.asarray(phase, dtype=str)}  # str, not object: loads without pickle
+        if untrained is not None:
+            arrays[UNTRAINED_KEY] = untrained[k][0].numpy()
+            arrays[PIXELS_KEY] = pixel_features(frames)
+        if full is not None:
+            arrays["z_full"] = full.numpy()
+        np.savez(folder / name, **arrays)
+        rows.append(_metadata_row({"file": name, "cell_id": str(meta["cell_id"]), "label": int(meta["label"]),
+                                   "n_frames": len(positions), "total_frames": dataset.num_frames(i),
+                                   "frame_step": args.frame_step}, meta))
+    return seconds
 
 
 NPY_HEADER = 128  # bytes before the data of a .npy file, and of each array inside an .npz
@@ -280,7 +333,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_controls", action="store_true",
                         help="trajectory mode: skip the controls written beside the latents (the same frames "
                              "through an untrained model of the same config, and their raw pixels) (default: off)")
-    parser.add_argument("--batch_size", type=int, default=16, help="clips mode: clips per batch (default: 16)")
+    parser.add_argument("--batch_size", type=int, default=16,
+                        help="clips per batch (clips mode), or recordings encoded side by side, each with its own "
+                             "state (trajectory mode) (default: 16)")
     parser.add_argument("--split", type=str, default="all", choices=("all",) + SPLITS,
                         help="rows to encode; train/val use the checkpoint's val_fraction and seed when the "
                              "CSV has no split column (default: all)")
@@ -298,16 +353,17 @@ def main(args: argparse.Namespace) -> dict:
     check_args(args)
     device = cli.resolve_device(args.device)
     model, checkpoint = load_model(args.checkpoint, map_location=device)
+    amp_dtype = inference_amp(checkpoint, device)
     dataset = build_dataset(args, checkpoint, model.config.image_size)
     out = Path(args.out)
     check_free_space(estimate_output_bytes(dataset, model.config, args), out, args)
     out.mkdir(parents=True, exist_ok=True)
     tick = time.perf_counter()
     if args.mode == "clips":
-        result = extract_clips(model, dataset, out, args)
+        result = extract_clips(model, dataset, out, args, amp_dtype)
     else:
         control = None if args.no_controls else untrained_model(checkpoint, device)
-        result = extract_trajectories(model, dataset, out, args, control)
+        result = extract_trajectories(model, dataset, out, args, control, amp_dtype)
     seconds = time.perf_counter() - tick
     info = {
         "mode": args.mode, "checkpoint": str(Path(args.checkpoint).resolve()),
@@ -315,7 +371,7 @@ def main(args: argparse.Namespace) -> dict:
         "model_config": checkpoint["model_config"], "index_csv": str(Path(args.index_csv).resolve()),
         "dataset": {"seq_len": dataset.seq_len, "sampling": dataset.sampling, "normalize": dataset.normalize,
                     "image_size": dataset.image_size, "split": args.split, "annotated": dataset.has_annotations},
-        "device": str(device), "seconds": seconds, **result,
+        "device": str(device), "amp": str(amp_dtype or "off").replace("torch.", ""), "seconds": seconds, **result,
         "frames_per_s": result["frames_encoded"] / seconds if seconds > 0 else None,
         "encode_frames_per_s": result["frames_encoded"] / result["encode_s"] if result["encode_s"] > 0 else None,
     }

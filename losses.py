@@ -29,6 +29,15 @@ def ssim_window(image_side: int) -> tuple[int, bool]:
     return win, False
 
 
+def gaussian_window(size: int, channels: int, device: torch.device, sigma: float = 1.5) -> torch.Tensor:
+    """pytorch_msssim's 1-D Gaussian window (its default sigma), one per channel: (channels, 1, 1, size). Made on
+    the device: the library's own is made on the CPU and copied over at every call, a host sync each time (and
+    a CPU op that keeps a compiled step from running as a CUDA graph)."""
+    coords = torch.arange(size, device=device, dtype=torch.float32) - size // 2
+    g = torch.exp(-(coords ** 2) / (2 * sigma ** 2))
+    return (g / g.sum()).reshape(1, 1, 1, size).repeat(channels, 1, 1, 1)
+
+
 def ms_ssim_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - mean MS-SSIM over frames of (B, T, C, H, W) videos, in fp32 with data_range 1.
 
@@ -39,11 +48,12 @@ def ms_ssim_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Te
     with torch.autocast(device_type=reconstruction.device.type, enabled=False):
         x = reconstruction.float().reshape(1, -1, *reconstruction.shape[-2:])  # (1, B*T*C, H, W)
         y = target.float().reshape(1, -1, *target.shape[-2:])
-        win, multiscale = ssim_window(min(x.shape[-2:]))
+        win_size, multiscale = ssim_window(min(x.shape[-2:]))
+        win = gaussian_window(win_size, x.shape[1], x.device)
         if multiscale:
-            score = ms_ssim(x, y, data_range=1.0, size_average=True, win_size=win)
+            score = ms_ssim(x, y, data_range=1.0, size_average=True, win=win)
         else:
-            score = ssim(x, y, data_range=1.0, size_average=True, win_size=win)
+            score = ssim(x, y, data_range=1.0, size_average=True, win=win)
         return 1.0 - score
 
 

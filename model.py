@@ -1,6 +1,7 @@
 """ConvLSTM autoencoder for embryo time-lapse clips: config, encoder, decoder, classifier, loading."""
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -8,7 +9,7 @@ import torch.nn as nn
 
 from checkpoint import load_checkpoint
 from cli import InputError
-from conv_lstm import ConvLSTM, State
+from conv_lstm import ConvLSTM, State, compile_gate_updates
 
 UPSAMPLINGS = ("transposed", "resize")
 
@@ -172,6 +173,37 @@ def mask_frames(video: torch.Tensor, ratio: float) -> torch.Tensor:
     hidden = torch.rand(b, t, device=video.device) < ratio  # (B, T)
     hidden[:, 0] = False
     return video.masked_fill(hidden[:, :, None, None, None], 0.0)  # (B, T, C, H, W)
+
+
+def forward_loss(model: nn.Module, loss_fn: nn.Module, inputs: torch.Tensor, video: torch.Tensor,
+                 labels: torch.Tensor | None, amp_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The forward half of a training step: model(inputs) under autocast (amp_dtype None = fp32), then loss_fn
+    (which computes in fp32) against video, the frames the inputs were made from (the same tensor unless frames
+    were masked). What `--compile step` compiles as one graph."""
+    with torch.autocast(video.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        output = model(inputs)  # reconstruction (B, T, 1, H, W), z_seq, z_last[, logits]
+    return loss_fn(output, video, labels)
+
+
+def training_forward(model: nn.Module, how: str, device: torch.device) -> Callable[..., dict[str, torch.Tensor]]:
+    """forward_loss as `--compile` asks. off: eager. gates: eager, with the gate arithmetic of model's cells
+    compiled (model is changed in place). step: forward_loss compiled whole, the unrolled time loop included,
+    for static shapes (full batches); on CUDA as CUDA graphs ("reduce-overhead"), so that one replay replaces
+    thousands of kernel launches; on the CPU in the default mode (max-autotune would spend minutes tuning
+    GEMM templates on a small CPU for little gain). Compiled and eager give equal results up to rounding."""
+    if how == "gates":
+        compile_gate_updates(model)
+    if how != "step":
+        return forward_loss
+    if device.type != "cuda":
+        return torch.compile(forward_loss, dynamic=False)
+    compiled = torch.compile(forward_loss, dynamic=False, mode="reduce-overhead")
+
+    def replay(*args):
+        torch.compiler.cudagraph_mark_step_begin()  # a new step: the previous step's graph outputs may be reused
+        return compiled(*args)
+
+    return replay
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,7 +36,6 @@ import checkpoint as ckpt
 import cli
 import dataset_ivf
 import model as model_lib
-from conv_lstm import compile_gate_updates
 from latent_figures import plot_training_curves, tensorboard_writer, write_reconstruction_strip
 from losses import LOSS_KEYS, AutoencoderLoss, add_loss_args
 
@@ -57,8 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_loss_args(g)
     ckpt.add_checkpoint_args(g)
     cli.add_seed_arg(g)
-    cli.add_device_args(g, compile_help="torch.compile the ConvLSTM gate arithmetic (not the unrolled time loop): "
-                                        "about 10%% faster steps after a one-off compile (default: off)")
+    cli.add_device_args(g, compile=True)
     g.add_argument("--log_every", type=int, default=10,
                    help="update the progress bar and check the loss every N steps (default: %(default)s)")
     return parser
@@ -127,6 +126,7 @@ class Trainer:
     history: list | None = None
     partial: dict | None = None  # position inside the interrupted epoch, from a mid-epoch last.pt
     writer: object | None = None  # TensorBoard SummaryWriter (rank 0, when tensorboard is installed)
+    forward: Callable = model_lib.forward_loss  # model and loss of a step; compiled with --compile step
 
 
 def check_args(args):
@@ -165,24 +165,24 @@ def set_up(args, run: Run, config, data_config, train_ds, val_ds) -> Trainer:
     model = raw_model
     if run.world_size > 1:
         model = DistributedDataParallel(raw_model, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
-    if args.compile:
-        compile_gate_updates(raw_model)
+    forward = model_lib.training_forward(raw_model, args.compile, run.device)
     loss_fn = AutoencoderLoss.from_args(args).to(run.device)
     loader_kw = dict(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=run.device.type == "cuda",
                      persistent_workers=args.num_workers > 0, worker_init_fn=dataset_ivf.leave_process_group,
                      generator=torch.Generator().manual_seed(args.seed))
     sampler = dataset_ivf.ResumableSampler(train_ds, run.world_size, run.rank, args.seed)
-    train_loader = DataLoader(train_ds, sampler=sampler, **loader_kw)
+    static = args.compile == "step"  # full batches only: one compiled graph (a short last batch is dropped)
+    train_loader = DataLoader(train_ds, sampler=sampler, drop_last=static, **loader_kw)
     val_loader = DataLoader(val_ds, sampler=list(range(run.rank, len(val_ds), run.world_size)), **loader_kw) \
         if val_ds is not None else None
-    run.steps_per_epoch = math.ceil(len(sampler.inner) / args.batch_size)
+    run.steps_per_epoch = len(train_loader)  # batches of a whole epoch (sampler.skip is 0 here)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
                                   fused=True)  # one kernel for all parameters (CPU and CUDA)
     run.warmup_steps = round(args.warmup_epochs * run.steps_per_epoch)
     scheduler = lr_schedule(optimizer, run.warmup_steps, args.num_epochs * run.steps_per_epoch)
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
     return Trainer(run, config, data_config, train_ds, val_ds, raw_model, model, loss_fn, optimizer, scheduler,
-                   scaler, sampler, train_loader, val_loader, history=[],
+                   scaler, sampler, train_loader, val_loader, history=[], forward=forward,
                    writer=tensorboard_writer(Path(args.log_dir)) if run.is_main else None)
 
 
@@ -229,15 +229,14 @@ def check_finite(bad_step: torch.Tensor, epoch: int, run: Run):
                             f"(try a lower --learning_rate or --amp off)")
 
 
-def train_step(model, video, labels, loss_fn, optimizer, scaler, autocast, grad_clip: float,
-               mask_ratio: float = 0.0) -> dict:
-    """One optimisation step: forward under autocast (with mask_ratio of the frames blanked in the input),
-    fp32 loss against every frame, scaled backward, clipping, optimizer step.
-    Returns the loss parts (fp32 scalars on the device). bench.py times this very function."""
+def train_step(model, video, labels, loss_fn, optimizer, scaler, amp_dtype, grad_clip: float,
+               forward=model_lib.forward_loss, mask_ratio: float = 0.0) -> dict:
+    """One optimisation step: forward (model_lib.forward_loss, maybe compiled) on the clips with mask_ratio of
+    their frames blanked, the loss against every frame; scaled backward, clipping, optimizer step; no host sync
+    unless fp16's scaler checks for inf. Returns the loss parts (fp32 scalars on the device).
+    bench.py times this very function."""
     inputs = model_lib.mask_frames(video, mask_ratio) if mask_ratio > 0 else video  # (B, T, 1, H, W)
-    with autocast:
-        output = model(inputs)  # reconstruction (B, T, 1, H, W), z_seq, z_last[, logits]
-    parts = loss_fn(output, video, labels)  # computed outside autocast
+    parts = forward(model, loss_fn, inputs, video, labels, amp_dtype)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(parts["total"]).backward()
     if grad_clip > 0:
@@ -259,8 +258,8 @@ def train_one_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> bool:
     for batch in bar:
         video = batch["video"].to(run.device, non_blocking=True)  # (B, T, 1, H, W)
         labels = batch["label"].to(run.device, non_blocking=True) if args.use_classifier else None
-        parts = train_step(t.model, video, labels, t.loss_fn, t.optimizer, t.scaler, run.autocast(), args.grad_clip,
-                           args.mask_ratio)
+        parts = train_step(t.model, video, labels, t.loss_fn, t.optimizer, t.scaler, run.amp_dtype, args.grad_clip,
+                           t.forward, args.mask_ratio)
         t.scheduler.step()
         losses = torch.stack([parts[k].detach().float() for k in LOSS_KEYS])  # stays on device: no sync
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(losses).all(), progress.step, bad_step)
@@ -423,6 +422,10 @@ def train(args, run: Run) -> int:
     num_classes = args.num_classes if args.use_classifier else None
     datasets = dataset_ivf.train_val_datasets(args.index_csv, data_config, run.stop, num_classes)
     dataset_ivf.check_clips_per_recording(checkpoint, path, datasets[0])
+    if args.compile == "step" and len(datasets[0]) < args.batch_size * run.world_size:
+        raise cli.InputError(f"--compile step trains on full batches only: {len(datasets[0])} training clips are "
+                             f"fewer than --batch_size {args.batch_size} x {run.world_size} processes; lower "
+                             f"--batch_size")
     with lock:
         return train_locked(args, run, config, data_config, datasets, checkpoint, path, notes)
 

@@ -1,10 +1,19 @@
-"""Fixtures shared by the training tests."""
+"""Fixtures shared by the tests: synthetic wells, and the devices present (CPU always, CUDA when visible)."""
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from make_synthetic_data import make_synthetic_dataset
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Each device present: the device-aware tests run on the CPU here and on the GPU in gpu_check.py."""
+    return torch.device(request.param)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+import bench
 import train
 from losses import AutoencoderLoss
 
@@ -227,3 +228,17 @@ def test_sigusr1_mid_epoch_saves_last_pt_and_returns_85(index_csv, tmp_path, cap
     assert "SIGUSR1: saved" in capsys.readouterr().out
     last = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
     assert last["epoch"] == 0 and last["partial_epoch"]["step"] == 2 and last["global_step"] == 2
+
+
+def test_compile_flag_alone_means_the_gate_arithmetic():
+    parse = train.get_args_parser().parse_args
+    assert [parse(f).compile for f in ([], ["--compile"], ["--compile", "gates"], ["--compile", "step"])] == \
+        ["off", "gates", "gates", "step"]
+    assert bench.get_args_parser().parse_args(["--compile_cell"]).compile == "gates"
+
+
+def test_compiled_step_needs_a_full_batch(index_csv, tmp_path, capsys):
+    args = train.get_args_parser().parse_args(["--index_csv", str(index_csv), "--compile", "step", "--batch_size",
+                                               "64", "--save_dir", str(tmp_path / "c"), "--log_dir", str(tmp_path)])
+    assert train.main(args) == 2
+    assert "--compile step" in one_error_line(capsys) and not (tmp_path / "c").exists()
