@@ -238,7 +238,8 @@ def test_compile_flag_alone_means_the_gate_arithmetic():
 
 
 def test_compiled_step_needs_a_full_batch(index_csv, tmp_path, capsys):
-    args = train.get_args_parser().parse_args(["--index_csv", str(index_csv), "--compile", "step", "--batch_size",
-                                               "64", "--save_dir", str(tmp_path / "c"), "--log_dir", str(tmp_path)])
+    args = train.get_args_parser().parse_args([*TINY, "--index_csv", str(index_csv), "--compile", "step",
+                                               "--clips_per_recording", "1", "--batch_size", "64",
+                                               "--save_dir", str(tmp_path / "c"), "--log_dir", str(tmp_path)])
     assert train.main(args) == 2
     assert "--compile step" in one_error_line(capsys) and not (tmp_path / "c").exists()
