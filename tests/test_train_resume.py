@@ -160,8 +160,8 @@ def test_sigterm_mid_epoch_with_several_clips_per_recording_resumes_bit_identica
             "27 steps, warm-up 9 steps; validation 2 clips (one per recording)") in done.stdout
     last = load(reference / "ckpt" / "last.pt")
     assert last["global_step"] == 27 and last["data_config"]["clips_per_recording"] == 3
-    interrupted = tmp_path / "interrupted"
-    proc = start_and_wait_for(index_csv, interrupted, "logs/split.csv", "--clips_per_recording", "3")
+    interrupted = tmp_path / "interrupted"  # signalled once the initial last.pt exists: inside epoch 1
+    proc = start_and_wait_for(index_csv, interrupted, "ckpt/last.pt", "--clips_per_recording", "3")
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 85, stderr
