@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import InputError, NonFiniteError, WriteError, write_bytes
+from cli import FLAG_ALIASES, InputError, NonFiniteError, WriteError, write_bytes
 
 # What a checkpoint must hold for training to continue from it; extraction needs the first two.
 MODEL_KEYS = ("model_config", "model_state_dict")
@@ -36,12 +36,14 @@ EPOCH_FILE = re.compile(r"checkpoint_epoch_(\d+)\.pt")
 # the run means (exit 2 naming the flag), "announce" is applied from here on with a line, "quiet" passes.
 # Model flags are refused through model_config first. A flag missing here is refused (tests keep it complete).
 RESUME_FLAGS = {
-    **dict.fromkeys(("index_csv", "seq_len", "sampling", "normalize", "augment", "val_fraction", "seed", "batch_size",
+    **dict.fromkeys(("seq_len", "sampling", "normalize", "augment", "val_fraction", "seed", "batch_size",
                      "learning_rate", "weight_decay", "warmup_epochs", "grad_clip", "l1_weight", "ms_ssim_weight",
                      "smooth_weight", "cls_weight", "image_size", "encoder_hidden_dim", "encoder_layers",
                      "decoder_hidden_dim", "decoder_layers", "kernel_size", "peephole", "use_classifier",
                      "num_classes", "upsample", "mask_ratio"), "refuse"),
-    **dict.fromkeys(("num_epochs", "amp"), "announce"),  # num_epochs: the cosine schedule ends at the new last epoch
+    # num_epochs: the cosine schedule ends at the new last epoch; index_csv: the same recordings may be reached
+    # by another path (a CHTC job's checkpoint continued on a workstation)
+    **dict.fromkeys(("num_epochs", "amp", "index_csv"), "announce"),
     **dict.fromkeys(("num_workers", "log_every", "device", "cache_dir", "skip_bad", "annotations_dir", "save_every",
                      "keep_checkpoints", "compile", "save_dir", "log_dir", "resume_from"), "quiet"),
     # refused by dataset_ivf.check_clips_per_recording, which also knows that older checkpoints drew one clip
@@ -98,11 +100,12 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = MODEL_KEYS) -> dict:
     return checkpoint
 
 
-def find_resume_checkpoint(save_dir, resume_from, model_config: dict, args: dict
+def find_resume_checkpoint(save_dir, resume_from, model_config: dict, args: dict, model_defaults: dict
                            ) -> tuple[dict | None, Path | None, list[str]]:
     """The checkpoint to continue from, checked against the flags (see changed_flags), and the lines announcing
     the changes applied: save_dir/last.pt when it exists (so that the same command continues after a
-    preemption), else --resume_from."""
+    preemption), else --resume_from. A model_config field that the checkpoint predates counts as its default
+    (model_defaults), which is what earlier versions built."""
     path = Path(save_dir) / "last.pt"
     if not path.is_file():
         if not resume_from:
@@ -111,7 +114,7 @@ def find_resume_checkpoint(save_dir, resume_from, model_config: dict, args: dict
         if not path.is_file():
             raise InputError(f"--resume_from {path}: file not found")
     checkpoint = load_checkpoint(path, RESUME_KEYS)
-    saved = json.loads(json.dumps(checkpoint["model_config"]))
+    saved = json.loads(json.dumps({**model_defaults, **checkpoint["model_config"]}))
     wanted = json.loads(json.dumps(model_config))
     diff = [f"{k}={saved.get(k)} in the checkpoint, {wanted.get(k)} from the flags"
             for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
@@ -146,7 +149,10 @@ def check_save_dir(save_dir):
 def changed_flags(saved: dict, args: dict, path: Path) -> list[str]:
     """Lines announcing the flags changed since the checkpoint was written (RESUME_FLAGS "announce"); an
     InputError naming every changed flag that would change what the run means."""
-    changed = {k: (saved[k], v) for k, v in args.items() if k in saved and saved[k] != v}
+    def canonical(key, value):  # an old name of a choice (--normalize minmax01) is the same choice
+        return FLAG_ALIASES.get(key, {}).get(value, value)
+
+    changed = {k: (saved[k], v) for k, v in args.items() if k in saved and canonical(k, saved[k]) != canonical(k, v)}
     refused = [f"--{k} {old} (now {new})" for k, (old, new) in changed.items()
                if RESUME_FLAGS.get(k, "refuse") == "refuse"]
     if refused:

@@ -28,6 +28,8 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 # --compile: off; gates = the ConvLSTM gate arithmetic (what `--compile` alone means); step = the whole forward and loss
 COMPILE_CHOICES = ("off", "gates", "step")
 DEFAULT_SEED = 42
+# Old names of flag choices, still accepted (and found in older checkpoints' args): flag -> {old: current}.
+FLAG_ALIASES = {"normalize": {"minmax01": "percentile"}}
 
 # The latents folder that extract_latents.py writes and analyze_latents.py reads.
 TRAJECTORY_DIR = "trajectories"  # one <k>_<embryo>.npz per recording

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from cli import DEFAULT_SEED, EXIT_STOPPED, InputError, Stopped, StopSignal
+from cli import DEFAULT_SEED, EXIT_STOPPED, FLAG_ALIASES, InputError, Stopped, StopSignal
 from frames_io import (
     PHASES,
     BadFile,
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SAMPLINGS = ("uniform", "window")
 NORMALIZATIONS = ("percentile", "none", "zscore")
-NORMALIZE_ALIASES = {"minmax01": "percentile"}  # the name earlier versions (and their checkpoints) used
+NORMALIZE_ALIASES = FLAG_ALIASES["normalize"]  # the name earlier versions (and their checkpoints) used
 
 
 @dataclass

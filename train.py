@@ -132,7 +132,8 @@ class Trainer:
 def check_args(args):
     """Flag values that argparse cannot check; raises cli.InputError."""
     weights = ("weight_decay", "grad_clip", "l1_weight", "ms_ssim_weight", "smooth_weight", "cls_weight")
-    cli.check_numbers(args, finite=("learning_rate", "val_fraction", *weights), at_least={
+    finite = ("learning_rate", "val_fraction", "warmup_epochs", "mask_ratio", *weights)
+    cli.check_numbers(args, finite=finite, at_least={
         **dict.fromkeys(("batch_size", "num_epochs", "save_every", "log_every", "seq_len"), 1),
         **dict.fromkeys(("warmup_epochs", "num_workers", "keep_checkpoints", *weights), 0)})
     if not 0 <= args.mask_ratio < 1:
@@ -418,7 +419,8 @@ def train(args, run: Run) -> int:
         run.device = torch.device("cuda", run.local_rank)
     run.amp_dtype = cli.resolve_amp_dtype(args.amp, run.device)
     lock = ckpt.RunLock(args.save_dir).check() if run.is_main else contextlib.nullcontext()  # rank 0 holds it
-    checkpoint, path, notes = ckpt.find_resume_checkpoint(args.save_dir, args.resume_from, asdict(config), vars(args))
+    checkpoint, path, notes = ckpt.find_resume_checkpoint(args.save_dir, args.resume_from, asdict(config), vars(args),
+                                                        asdict(model_lib.ModelConfig()))
     num_classes = args.num_classes if args.use_classifier else None
     datasets = dataset_ivf.train_val_datasets(args.index_csv, data_config, run.stop, num_classes)
     dataset_ivf.check_clips_per_recording(checkpoint, path, datasets[0])

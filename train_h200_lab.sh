@@ -101,7 +101,7 @@ fi
 # Python packages: only those the image lacks, into the sandbox (the image is read-only).
 export PYTHONUSERBASE="$PWD/.pyuser"
 missing=()
-for pair in pytorch_msssim:pytorch-msssim cv2:opencv-python-headless pandas:pandas tqdm:tqdm; do
+for pair in pytorch_msssim:pytorch-msssim cv2:opencv-python-headless pandas:pandas tqdm:tqdm matplotlib:matplotlib; do
     module="${pair%%:*}"
     package="${pair#*:}"
     if ! "$PYTHON" -c "import $module" 2>/dev/null; then

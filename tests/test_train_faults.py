@@ -162,12 +162,29 @@ def test_resume_applies_announced_flags_and_passes_harmless_ones(one_epoch, inde
     assert load(run / "ckpt" / "last.pt")["epoch"] == 2
 
 
+def test_checkpoint_of_an_earlier_version_continues(one_epoch, index_csv, tmp_path, capsys):
+    """Written before upsample, data_config and the percentile name existed, from another path to the same
+    index.csv (a job's checkpoint continued elsewhere): the same command continues it, saying what it moved."""
+    run = copy_of(one_epoch, tmp_path)
+    old = load(run / "ckpt" / "last.pt")
+    del old["model_config"]["upsample"], old["data_config"]
+    old["args"].update(normalize="minmax01", index_csv="/elsewhere/index.csv")
+    for name in ("upsample", "mask_ratio", "clips_per_recording"):
+        old["args"].pop(name)
+    torch.save(old, run / "ckpt" / "last.pt")
+    assert train.main(parse(index_csv, run, "--num_epochs", "2")) == 0
+    out = capsys.readouterr().out
+    assert "Resuming from" in out and "--index_csv changed from /elsewhere/index.csv to" in out
+    assert "normalize" not in out and load(run / "ckpt" / "last.pt")["epoch"] == 2
+
+
 # 4. numbers that argparse accepts and the run cannot use
 @pytest.mark.parametrize("flag,value", [
     ("--encoder_layers", "0"), ("--decoder_layers", "0"), ("--encoder_hidden_dim", "0"), ("--decoder_hidden_dim", "0"),
     ("--kernel_size", "-1"), ("--seed", "4294967296"), ("--seed", "-1"), ("--learning_rate", "inf"),
     ("--l1_weight", "inf"), ("--weight_decay", "inf"), ("--learning_rate", "nan"), ("--l1_weight", "nan"),
-    ("--weight_decay", "nan"), ("--ms_ssim_weight", "nan"), ("--grad_clip", "inf"), ("--keep_checkpoints", "-1")])
+    ("--weight_decay", "nan"), ("--ms_ssim_weight", "nan"), ("--grad_clip", "inf"), ("--keep_checkpoints", "-1"),
+    ("--warmup_epochs", "inf"), ("--mask_ratio", "nan")])
 def test_bad_numbers_exit_2_naming_the_flag_and_write_nothing(flag, value, index_csv, tmp_path, capsys):
     before = snapshot(tmp_path)
     assert train.main(parse(index_csv, tmp_path, flag, value)) == 2
