@@ -21,15 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import FLAG_ALIASES, InputError, NonFiniteError, WriteError, write_bytes
+from cli import FLAG_ALIASES, TRAINING_LOG, InputError, NonFiniteError, WriteError, write_bytes
 
 # What a checkpoint must hold for training to continue from it; extraction needs the first two.
 MODEL_KEYS = ("model_config", "model_state_dict")
 RESUME_KEYS = MODEL_KEYS + ("optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict", "epoch",
                             "global_step", "best_val_loss", "rng_state")
 LOCK_FILE = ".train.lock"
-TRAINING_LOG = "training_log.json"
-TRAINING_CURVES = "training_curves.png"  # per-epoch loss curves beside the log
 EPOCH_FILE = re.compile(r"checkpoint_epoch_(\d+)\.pt")
 
 # What a rerun may change against the checkpoint it continues, for every train.py flag: "refuse" changes what

@@ -31,6 +31,11 @@ DEFAULT_SEED = 42
 # Old names of flag choices, still accepted (and found in older checkpoints' args): flag -> {old: current}.
 FLAG_ALIASES = {"normalize": {"minmax01": "percentile"}}
 
+# What train.py writes into --log_dir (read by demo_report.py and gpu_check.py too).
+TRAINING_LOG = "training_log.json"
+TRAINING_CURVES = "training_curves.png"  # per-epoch loss curves beside the log
+RECON_PNG = "recon_epoch_{epoch}.png"  # a fixed clip's frames above their reconstruction
+
 # The latents folder that extract_latents.py writes and analyze_latents.py reads.
 TRAJECTORY_DIR = "trajectories"  # one <k>_<embryo>.npz per recording
 CLIPS_DIR = "clips"

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from cli import RECON_PNG, TRAINING_LOG
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -51,7 +53,7 @@ def _probe_line(probe: dict | None, with_mae: bool) -> str:
 
 def headline(demo_dir: Path) -> list[str]:
     """The lines of the report; raises FileNotFoundError when a step's output is missing."""
-    history = json.loads((demo_dir / "logs" / "training_log.json").read_text())
+    history = json.loads((demo_dir / "logs" / TRAINING_LOG).read_text())
     summary = json.loads((demo_dir / "analysis" / "summary.json").read_text())
     first, last = history[0], history[-1]
     best = min(history, key=lambda e: e["val_total"])
@@ -61,8 +63,8 @@ def headline(demo_dir: Path) -> list[str]:
         "Outputs",
         f"  data            {demo_dir / 'data' / 'index.csv'} (+ annotations/)",
         f"  checkpoints     {demo_dir / 'checkpoints'} (best.pt, last.pt, checkpoint_epoch_<N>.pt)",
-        f"  training log    {demo_dir / 'logs' / 'training_log.json'}",
-        f"  reconstructions {demo_dir / 'logs'}/recon_epoch_<N>.png (inputs above reconstructions)",
+        f"  training log    {demo_dir / 'logs' / TRAINING_LOG}",
+        f"  reconstructions {demo_dir / 'logs' / RECON_PNG.format(epoch='<N>')} (inputs above reconstructions)",
         f"  latents         {demo_dir / 'latents'} (trajectories/, clips/)",
         f"  analysis        {demo_dir / 'analysis'} (summary.json, {len(summary['figures'])} figures)",
         "Headline numbers",

@@ -205,7 +205,7 @@ def summarise(check: Check) -> dict:
                       "share_of_bf16_matmul": p["share_of_matmul"], "bf16_matmul_gflops": r["matmul_gflops"]["bf16"],
                       "peak_memory_mb": p["peak_memory_mb"],
                       "projected_50_epochs_min": TARGET_EPOCHS * TARGET_CLIPS / p["clips_per_s"] / 60}
-    log = check.out / "run" / "logs" / "training_log.json"
+    log = check.out / "run" / "logs" / cli.TRAINING_LOG
     train_log = json.loads(log.read_text()) if log.is_file() else []
     info = check.out / "latents" / "trajectories" / "info.json"
     return {"bench": rows, "train_clips_per_s": [e["clips_per_s"] for e in train_log],

@@ -353,10 +353,10 @@ def end_of_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> dict | None
         t.best = score
         paths.insert(0, save_dir / "best.pt")
     if run.is_main:
-        cli.write_json(log_dir / ckpt.TRAINING_LOG, t.history)
-        plot_training_curves(t.history, log_dir / ckpt.TRAINING_CURVES)
+        cli.write_json(log_dir / cli.TRAINING_LOG, t.history)
+        plot_training_curves(t.history, log_dir / cli.TRAINING_CURVES)
         fixed_clip = (t.val_ds or t.train_ds)[0]["video"]
-        image = save_reconstruction(t.raw_model, fixed_clip, log_dir / f"recon_epoch_{epoch}.png", run)
+        image = save_reconstruction(t.raw_model, fixed_clip, log_dir / cli.RECON_PNG.format(epoch=epoch), run)
         if t.writer is not None:
             for key, value in entry.items():
                 if isinstance(value, float):
