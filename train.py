@@ -452,7 +452,7 @@ def train_locked(args, run: Run, config, data_config, datasets, checkpoint, path
         resume(t, checkpoint, path, notes)
     if run.stop_requested():
         if run.is_main:
-            print(f"{run.stop.received} during setup: nothing trained yet, " + (f"{last} is unchanged" if checkpoint
+            print(f"{run.stop.received} during setup: nothing trained yet, " + (f"{path} is unchanged" if checkpoint
                   else "nothing to save") + f"; exit {cli.EXIT_STOPPED}", flush=True)
         return cli.EXIT_STOPPED
     # last.pt comes before any other file of a run (checkpoint.check_save_dir relies on it)
