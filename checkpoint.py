@@ -152,7 +152,8 @@ def changed_flags(saved: dict, args: dict, path: Path) -> list[str]:
 
     changed = {k: (saved[k], v) for k, v in args.items() if k in saved and canonical(k, saved[k]) != canonical(k, v)}
     refused = [f"--{k} {old} (now {new})" for k, (old, new) in changed.items()
-               if RESUME_FLAGS.get(k, "refuse") == "refuse"]
+               if RESUME_FLAGS.get(k, "refuse") == "refuse"
+               or (k == "compile" and "step" in (old, new))]  # step drops short batches: another epoch length
     if refused:
         raise InputError(f"{path} was trained with {', '.join(refused)}; rerun with the checkpoint's value"
                          f"{'s' if refused[1:] else ''}, or start a new run in a new --save_dir")

@@ -29,7 +29,7 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 COMPILE_CHOICES = ("off", "gates", "step")
 DEFAULT_SEED = 42
 # Old names of flag choices, still accepted (and found in older checkpoints' args): flag -> {old: current}.
-FLAG_ALIASES = {"normalize": {"minmax01": "percentile"}}
+FLAG_ALIASES = {"normalize": {"minmax01": "percentile"}, "compile": {False: "off", True: "gates"}}
 
 # What train.py writes into --log_dir (read by demo_report.py and gpu_check.py too).
 TRAINING_LOG = "training_log.json"

@@ -162,6 +162,13 @@ def test_resume_applies_announced_flags_and_passes_harmless_ones(one_epoch, inde
     assert load(run / "ckpt" / "last.pt")["epoch"] == 2
 
 
+def test_switching_to_the_compiled_step_on_resume_is_refused(one_epoch, index_csv, tmp_path, capsys):
+    """--compile step drops the short last batch, so the epoch would change length under a saved position."""
+    run = copy_of(one_epoch, tmp_path)
+    assert train.main(parse(index_csv, run, "--num_epochs", "2", "--compile", "step")) == 2
+    assert "--compile off (now step)" in one_error_line(capsys)
+
+
 def test_checkpoint_of_an_earlier_version_continues(one_epoch, index_csv, tmp_path, capsys):
     """Written before upsample, data_config and the percentile name existed, from another path to the same
     index.csv (a job's checkpoint continued elsewhere): the same command continues it, saying what it moved."""
