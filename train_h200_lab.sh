@@ -160,8 +160,12 @@ done
 
 case "$rc" in
     0 | 2 | 3) ;;
-    124 | 137)
-        say "time limit of ${CHECKPOINT_SECONDS}s reached (timeout exit $rc); exit $EXIT_CHECKPOINTED to continue"
+    124)
+        say "time limit of ${CHECKPOINT_SECONDS}s reached and train.py stopped; exit $EXIT_CHECKPOINTED to continue"
+        rc=$EXIT_CHECKPOINTED ;;
+    137)
+        say "train.py was killed ${KILL_AFTER_SECONDS}s after the time limit's SIGTERM without exiting; exit" \
+            "$EXIT_CHECKPOINTED to continue from the last checkpoint saved (the epochs since it run again)"
         rc=$EXIT_CHECKPOINTED ;;
     *)
         if [[ -n "$signalled" ]]; then

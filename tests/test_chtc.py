@@ -256,13 +256,16 @@ def test_wrapper_time_limit_becomes_exit_85(sandbox):
     result = run_wrapper(job, env)
     assert result.returncode == 85, result.stdout + result.stderr
     assert "python got TERM" in log.read_text()  # train.py had the chance to write last.pt
-    assert "time limit" in result.stdout
+    assert "time limit" in result.stdout and "train.py stopped" in result.stdout
 
 
 def test_wrapper_kills_a_hung_run_after_the_grace_time_and_still_exits_85(sandbox):
     job, env, _ = sandbox
     env.update(FAKE_MODE="deaf", CHECKPOINT_SECONDS="1", KILL_AFTER_SECONDS="1")
-    assert run_wrapper(job, env).returncode == 85
+    result = run_wrapper(job, env)
+    assert result.returncode == 85
+    assert "was killed" in result.stdout and "last checkpoint saved" in result.stdout  # not "stopped"
+    assert "train.py stopped" not in result.stdout
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
