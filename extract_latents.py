@@ -1,13 +1,15 @@
 """Encode index.csv rows with a trained checkpoint and write latents plus metadata for analyze_latents.py.
 
 The model is rebuilt from the checkpoint's own config; seq_len, sampling and normalisation default to the
-checkpoint's training arguments. Only the encoder runs. Latents are spatially averaged (pooled) to one
-vector of encoder_hidden_dim channels per frame.
+checkpoint's training arguments. Only the encoder runs. Latents are pooled over space to one vector per frame:
+the channel means (`--pool mean`, encoder_hidden_dim values) or the means then the standard deviations
+(`--pool mean_std`, twice as many), which keep how spread out over the well each channel is.
 
 `--mode clips` writes `OUT/clips/` (N = rows of index.csv, one evaluation clip each, T = seq_len):
-- `z_last_pooled.npy` (N, C), `z_seq_pooled.npy` (N, T, C), `probs.npy` (N, num_classes) when the model
-  has a classifier; with `--save_z_seq` also the unpooled `z_last.npy` (N, C, h, w) and `z_seq.npy`
-  (N, T, C, h, w); all float32, written batch by batch into memory-mapped .npy files;
+- `z_last_pooled.npy` (N, P), `z_seq_pooled.npy` (N, T, P) (P = C, or 2C with `--pool mean_std`),
+  `probs.npy` (N, num_classes) when the model has a classifier; with `--save_z_seq` also the unpooled
+  `z_last.npy` (N, C, h, w) and `z_seq.npy` (N, T, C, h, w); all float32, written batch by batch into memory-mapped
+  .npy files;
 - `metadata.csv`: clip, cell_id, label, frame_indices / hours / phase (`|`-joined), then every other
   column of the index row (patient_id, split, ...); `info.json`: checkpoint, settings and timing.
 
@@ -16,9 +18,9 @@ through the encoder `--chunk_len` frames at a time with the recurrent state carr
 pass), `--batch_size` recordings side by side, one file per embryo as it goes, so memory stays bounded by
 `--batch_size` recordings. Both modes run under the autocast the model was trained with (the checkpoint's
 --amp, on this device):
-- `<k>_<cell_id>.npz` with `z` (n, C), `frame_indices` (n,), `hours` (n,) (NaN unknown), `phase` (n,)
+- `<k>_<cell_id>.npz` with `z` (n, P), `frame_indices` (n,), `hours` (n,) (NaN unknown), `phase` (n,)
   ('' unknown), and with `--save_z_seq` `z_full` (n, C, h, w); unless `--no_controls`, the controls the
-  analysis reports every probe against: `z_untrained` (n, C), the same frames through the run's model at its
+  analysis reports every probe against: `z_untrained` (n, P), the same frames through the run's model at its
   initial weights (same config, the training seed), and `pixels` (n, 256), the frames area-averaged to 16 x 16;
 - `metadata.csv` (file, cell_id, label, n_frames, total_frames, frame_step, index columns) and `info.json`.
 Frames of a trajectory are normalised over the whole recording (training normalised each clip).
@@ -61,20 +63,37 @@ def inference_amp(checkpoint: dict, device: torch.device) -> torch.dtype | None:
     return cli.resolve_amp_dtype("auto" if amp == "fp16" and device.type == "cpu" else amp, device)
 
 
+POOLS = ("mean", "mean_std")  # --pool: spatial summary of the (C, h, w) latent of a frame
+
+
+def pool_space(z: torch.Tensor, pool: str) -> torch.Tensor:
+    """Latents (..., C, h, w) pooled over space: (..., C) channel means, or (..., 2C) means then standard
+    deviations (population) for pool='mean_std'."""
+    means = z.mean(dim=(-2, -1))
+    if pool == "mean":
+        return means
+    return torch.cat([means, z.std(dim=(-2, -1), correction=0)], dim=-1)
+
+
+def pooled_width(config, pool: str) -> int:
+    """Values per frame after pool_space."""
+    return config.encoder_hidden_dim * (2 if pool == "mean_std" else 1)
+
+
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
 
 
 @torch.inference_mode()
 def encode_trajectories(model: ConvLSTMAutoencoder, recordings: list[torch.Tensor], chunk_len: int,
-                        keep_full: bool = False, amp_dtype: torch.dtype | None = None,
+                        keep_full: bool = False, amp_dtype: torch.dtype | None = None, pool: str = "mean",
                         ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Encode whole recordings, each (n_i, 1, H, W), side by side, at most chunk_len frames a call, each
     carrying its own encoder state: identical to one pass per recording (the CNN's GroupNorm and the ConvLSTM
     work clip by clip). Lockstep without padding: each call advances every unfinished recording by the same
     number of frames, chunk_len or up to the end of the shortest one, which then leaves the batch with its
-    state. Returns per recording its pooled latents (n_i, C) float32 on the CPU and, with keep_full, the
-    unpooled (n_i, C, h, w)."""
+    state. Returns per recording its latents pooled over space (pool_space: (n_i, C) or (n_i, 2C)) float32 on
+    the CPU and, with keep_full, the unpooled (n_i, C, h, w)."""
     device, lengths = model_device(model), [r.shape[0] for r in recordings]
     pooled, full = [[] for _ in recordings], [[] for _ in recordings]
     active, state, start = [k for k in range(len(recordings)) if lengths[k] > 0], None, 0
@@ -84,9 +103,9 @@ def encode_trajectories(model: ConvLSTMAutoencoder, recordings: list[torch.Tenso
         with autocast(device, amp_dtype):
             z_seq, state = model.encode(chunk.to(device, non_blocking=True), state)  # (B, L, C, h, w)
         z_seq = z_seq.float()
-        means = z_seq.mean(dim=(3, 4)).cpu()  # (B, L, C)
+        summary = pool_space(z_seq, pool).cpu()  # (B, L, C) or (B, L, 2C)
         for row, k in enumerate(active):
-            pooled[k].append(means[row])
+            pooled[k].append(summary[row])
             if keep_full:
                 full[k].append(z_seq[row].cpu())  # (L, C, h, w)
         start += step
@@ -95,14 +114,15 @@ def encode_trajectories(model: ConvLSTMAutoencoder, recordings: list[torch.Tenso
             rows = torch.tensor(still, dtype=torch.long, device=device)
             state = [(h[rows], c[rows]) for h, c in state]
             active = [active[row] for row in still]
-    width = model.config.encoder_hidden_dim
+    width = pooled_width(model.config, pool)
     return [(torch.cat(p) if p else torch.zeros(0, width), torch.cat(f) if keep_full and f else None)
             for p, f in zip(pooled, full, strict=True)]
 
 
 def encode_trajectory(model: ConvLSTMAutoencoder, frames: torch.Tensor, chunk_len: int, keep_full: bool = False,
                       amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One recording (n, 1, H, W) through encode_trajectories: pooled (n, C) and, with keep_full, (n, C, h, w)."""
+    """One recording (n, 1, H, W) through encode_trajectories: mean-pooled (n, C) and, with keep_full,
+    (n, C, h, w)."""
     return encode_trajectories(model, [frames], chunk_len, keep_full, amp_dtype)[0]
 
 
@@ -155,7 +175,8 @@ def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: 
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config
     n, t, c, hw = len(dataset), dataset.seq_len, config.encoder_hidden_dim, config.image_size // 8
-    arrays = {"z_last_pooled": (n, c), "z_seq_pooled": (n, t, c)}
+    width = pooled_width(config, args.pool)
+    arrays = {"z_last_pooled": (n, width), "z_seq_pooled": (n, t, width)}
     if config.use_classifier:
         arrays["probs"] = (n, config.num_classes)
     if args.save_z_seq:
@@ -173,7 +194,7 @@ def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: 
                 z_seq, _ = model.encode(x)  # (B, T, C, h, w)
             z_seq = z_seq.float()
             z_last = z_seq[:, -1]  # (B, C, h, w)
-            outputs = {"z_last_pooled": z_last.mean(dim=(2, 3)), "z_seq_pooled": z_seq.mean(dim=(3, 4))}
+            outputs = {"z_last_pooled": pool_space(z_last, args.pool), "z_seq_pooled": pool_space(z_seq, args.pool)}
             if config.use_classifier:
                 outputs["probs"] = torch.softmax(model.classify(z_last).float(), dim=1)  # (B, K)
             if args.save_z_seq:
@@ -238,9 +259,9 @@ def _encode_and_write(model, control, group: list, dataset, folder: Path, rows: 
     seconds spent encoding."""
     tick = time.perf_counter()
     recordings = [frames for _, _, frames in group]
-    latents = encode_trajectories(model, recordings, args.chunk_len, args.save_z_seq, amp_dtype)
+    latents = encode_trajectories(model, recordings, args.chunk_len, args.save_z_seq, amp_dtype, args.pool)
     untrained = None if control is None else encode_trajectories(control, recordings, args.chunk_len,
-                                                                 amp_dtype=amp_dtype)
+                                                                 amp_dtype=amp_dtype, pool=args.pool)
     seconds = time.perf_counter() - tick
     for k, (i, positions, frames) in enumerate(group):
         meta = dataset.metadata(i)
@@ -269,11 +290,11 @@ INFO_JSON = 1536  # info.json, about
 def estimate_output_bytes(dataset: IVFSequenceDataset, config, args: argparse.Namespace) -> int:
     """Bytes that extraction will write for this dataset and these flags: float32 arrays, their headers,
     metadata.csv and info.json. Known before anything is encoded (frame counts come from the dataset)."""
-    c, hw = config.encoder_hidden_dim, config.image_size // 8
+    c, hw, width = config.encoder_hidden_dim, config.image_size // 8, pooled_width(config, args.pool)
     meta = sum(len(",".join(map(str, dataset.metadata(i).values()))) + 1 for i in range(len(dataset)))  # csv row
     if args.mode == "clips":
         n, t = len(dataset), dataset.seq_len
-        floats = c + t * c + (config.num_classes if config.use_classifier else 0)
+        floats = width + t * width + (config.num_classes if config.use_classifier else 0)
         floats += (c + t * c) * hw * hw if args.save_z_seq else 0
         n_arrays = 2 + config.use_classifier + 2 * args.save_z_seq
         per_frame_text = len(str(max(dataset.num_frames(i) for i in range(n)))) + 1
@@ -283,8 +304,8 @@ def estimate_output_bytes(dataset: IVFSequenceDataset, config, args: argparse.Na
     recordings = {dataset.recording(i): dataset.num_frames(i) for i in range(len(dataset))}
     frames = sum(math.ceil(total / args.frame_step) for total in recordings.values())
     phase_bytes = 4 * (max(map(len, PHASES)) if dataset.has_annotations else 1)  # numpy unicode: 4 bytes a char
-    per_frame = 4 * c + 8 + 4 + phase_bytes  # z, frame_indices (int64), hours, phase
-    per_frame += 0 if args.no_controls else 4 * (c + PIXEL_SIDE ** 2)  # z_untrained, pixels
+    per_frame = 4 * width + 8 + 4 + phase_bytes  # z, frame_indices (int64), hours, phase
+    per_frame += 0 if args.no_controls else 4 * (width + PIXEL_SIDE ** 2)  # z_untrained, pixels
     per_frame += 4 * c * hw * hw if args.save_z_seq else 0  # z_full
     n_arrays = 4 + 2 * (not args.no_controls) + args.save_z_seq
     meta += 48 * len(recordings)  # file name, n_frames, total_frames, frame_step
@@ -330,6 +351,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_z_seq", action="store_true",
                         help="also save unpooled latents (clips: z_last, z_seq; trajectory: z_full); large "
                              "(default: off)")
+    parser.add_argument("--pool", type=str, default="mean", choices=POOLS,
+                        help="spatial summary of each frame's latent: mean (encoder_hidden_dim channel means) or "
+                             "mean_std (the means, then each channel's standard deviation over space) "
+                             "(default: %(default)s)")
     parser.add_argument("--no_controls", action="store_true",
                         help="trajectory mode: skip the controls written beside the latents (the same frames "
                              "through an untrained model of the same config, and their raw pixels) (default: off)")
@@ -371,7 +396,8 @@ def main(args: argparse.Namespace) -> dict:
         "model_config": checkpoint["model_config"], "index_csv": str(Path(args.index_csv).resolve()),
         "dataset": {"seq_len": dataset.seq_len, "sampling": dataset.sampling, "normalize": dataset.normalize,
                     "image_size": dataset.image_size, "split": args.split, "annotated": dataset.has_annotations},
-        "device": str(device), "amp": str(amp_dtype or "off").replace("torch.", ""), "seconds": seconds, **result,
+        "device": str(device), "amp": str(amp_dtype or "off").replace("torch.", ""), "pool": args.pool,
+        "seconds": seconds, **result,
         "frames_per_s": result["frames_encoded"] / seconds if seconds > 0 else None,
         "encode_frames_per_s": result["frames_encoded"] / result["encode_s"] if result["encode_s"] > 0 else None,
     }

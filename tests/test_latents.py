@@ -229,3 +229,35 @@ def test_trajectories_carry_the_controls(latents, checkpoint, wells, tmp_path):
           "--mode", "trajectory", "--no_controls"])
     with np.load(next((tmp_path / "trajectories").glob("*.npz"))) as data:
         assert set(data.files) == {"z", "frame_indices", "hours", "phase"}
+
+
+def test_mean_std_pooling_keeps_the_spread_in_both_modes(latents, checkpoint, wells, tmp_path):
+    """--pool mean_std: the channel means (as --pool mean), then each channel's standard deviation over space,
+    for the latents and their untrained control alike; the analysis reads the wider latent."""
+    z = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4) ** 0.5  # (N, C, h, w)
+    pooled = extract_latents.pool_space(z, "mean_std")
+    assert pooled.shape == (2, 6)
+    torch.testing.assert_close(pooled[:, :3], z.mean(dim=(2, 3)))
+    torch.testing.assert_close(pooled[:, 3:], torch.from_numpy(z.numpy().std(axis=(2, 3))))
+    common = ["--checkpoint", str(checkpoint), "--index_csv", str(wells), "--out", str(tmp_path), "--device", "cpu",
+              "--pool", "mean_std"]
+    _run(common + ["--mode", "clips", "--batch_size", "3", "--num_workers", "0", "--save_z_seq"])
+    full = np.load(tmp_path / "clips" / "z_seq.npy")  # (N, T, C, h, w)
+    spread = np.load(tmp_path / "clips" / "z_seq_pooled.npy")
+    assert spread.shape == (N_EMBRYOS, SEQ_LEN, 16)
+    np.testing.assert_allclose(spread[..., :8], np.load(latents / "clips" / "z_seq_pooled.npy"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(spread[..., 8:], full.std(axis=(3, 4)), rtol=1e-4, atol=1e-6)
+    _run(common + ["--mode", "trajectory", "--frame_step", "2", "--chunk_len", "5"])
+    meta = pd.read_csv(tmp_path / "trajectories" / "metadata.csv", keep_default_na=False)
+    with (np.load(tmp_path / "trajectories" / meta["file"].iloc[0]) as wide,
+          np.load(latents / "trajectories" / meta["file"].iloc[0]) as narrow):
+        assert wide["z"].shape == wide["z_untrained"].shape == (N_FRAMES // 2, 16)
+        np.testing.assert_allclose(wide["z"][:, :8], narrow["z"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(wide["z_untrained"][:, :8], narrow["z_untrained"], rtol=1e-5, atol=1e-6)
+        assert (wide["z"][:, 8:] > 0).all()
+    info = json.loads((tmp_path / "trajectories" / "info.json").read_text())
+    assert info["pool"] == "mean_std"
+    args = analyze_latents.get_args_parser().parse_args(["--latents", str(tmp_path), "--out", str(tmp_path / "a"),
+                                                         "--cv_folds", "2"])
+    probes = analyze_latents.analyse_probes(analyze_latents.load_trajectories(tmp_path), args)
+    assert probes["phase"]["pixels"]["pca_components"] == 16  # pixels reduced to the latents' width
