@@ -140,6 +140,20 @@ def test_hours_probe_recovers_a_known_linear_relation():
     assert result["margin_over_pixels"] == pytest.approx(result["trained"]["r2"] - result["pixels"]["r2"])
 
 
+def test_hours_probe_chooses_its_ridge_strength_by_embryo():
+    """Features that follow time along a different direction in every embryo (as a well's own drift does)
+    predict nothing in a new embryo: a ridge strength chosen by leaving out single frames fits them anyway
+    (R^2 about -2.8 here), one chosen by leaving out whole embryos shrinks them away."""
+    rng = np.random.default_rng(3)
+    n_embryos, n_frames, width = 10, 30, 40
+    groups = np.repeat([f"E{i}" for i in range(n_embryos)], n_frames)
+    hours = np.tile(np.arange(n_frames) * 0.5, n_embryos)
+    directions = np.repeat(rng.normal(size=(n_embryos, width)), n_frames, axis=0)
+    x = hours[:, None] * directions + rng.normal(scale=0.5, size=(n_embryos * n_frames, width))
+    result = probes.hours_probe({"trained": x}, hours, groups, n_splits=5)
+    assert result["trained"]["r2"] > -0.5
+
+
 def _acf_dropoff(x):
     """First lag where the column-averaged autocorrelation drops below 0: what tphate's autocorrelation view uses
     (statsmodels acf of each input column, averaged with equal weight)."""
