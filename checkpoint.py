@@ -38,7 +38,7 @@ RESUME_FLAGS = {
                      "learning_rate", "weight_decay", "warmup_epochs", "grad_clip", "l1_weight", "ms_ssim_weight",
                      "smooth_weight", "cls_weight", "image_size", "encoder_hidden_dim", "encoder_layers",
                      "decoder_hidden_dim", "decoder_layers", "kernel_size", "peephole", "use_classifier",
-                     "num_classes", "upsample", "mask_ratio"), "refuse"),
+                     "num_classes", "upsample", "mask_ratio", "predict_next", "predict_weight"), "refuse"),
     # num_epochs: the cosine schedule ends at the new last epoch; index_csv: the same recordings may be reached
     # by another path (a CHTC job's checkpoint continued on a workstation)
     **dict.fromkeys(("num_epochs", "amp", "index_csv"), "announce"),

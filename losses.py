@@ -13,7 +13,8 @@ from pytorch_msssim import ms_ssim, ssim
 MAX_WIN_SIZE = 11
 MS_SSIM_SCALES_DOWNSAMPLING = 16
 # The parts AutoencoderLoss returns, in the order logs and checkpoints list them (`ms_ssim` is 1 - MS-SSIM).
-LOSS_KEYS = ("total", "reconstruction", "l1", "ms_ssim", "smooth", "classification")
+# `prediction` (last, so that older runs' sums line up) is the reconstruction loss of the guessed next frames.
+LOSS_KEYS = ("total", "reconstruction", "l1", "ms_ssim", "smooth", "classification", "prediction")
 
 
 def ssim_window(image_side: int) -> tuple[int, bool]:
@@ -89,6 +90,9 @@ def add_loss_args(group):
     group.add_argument("--cls_weight", type=float, default=0.1,
                        help="weight of the classification loss on labelled clips; used only with "
                             "--use_classifier (default: %(default)s)")
+    group.add_argument("--predict_weight", type=float, default=0.5,
+                       help="weight of the next-frame guess's loss (L1 and 1 - MS-SSIM weighted as for the "
+                            "reconstruction); used only with --predict_next (default: %(default)s)")
     group.add_argument("--mask_ratio", type=float, default=0.0,
                        help="blank this fraction of each training clip's frames (never the first) in the input; the "
                             "loss still asks for every frame, so the recurrent state must carry it "
@@ -96,14 +100,16 @@ def add_loss_args(group):
 
 
 class AutoencoderLoss(nn.Module):
-    """total = l1_weight*L1 + ms_ssim_weight*(1 - MS-SSIM) + smooth_weight*smooth + cls_weight*CE.
+    """total = l1_weight*L1 + ms_ssim_weight*(1 - MS-SSIM) + smooth_weight*smooth + cls_weight*CE
+    + predict_weight*prediction, where prediction is the first two terms for the guessed next frames.
 
     Returns every part unweighted (plus `reconstruction` and `total`) as scalar fp32 tensors.
     """
 
     def __init__(self, l1_weight: float = 0.5, ms_ssim_weight: float = 0.5, smooth_weight: float = 0.1,
-                 cls_weight: float = 0.0):
+                 cls_weight: float = 0.0, predict_weight: float = 0.0):
         super().__init__()
+        self.predict_weight = predict_weight
         self.l1_weight = l1_weight
         self.ms_ssim_weight = ms_ssim_weight
         self.smooth_weight = smooth_weight
@@ -111,9 +117,11 @@ class AutoencoderLoss(nn.Module):
 
     @classmethod
     def from_args(cls, args) -> "AutoencoderLoss":
-        """The loss of add_loss_args' flags; no classification term without --use_classifier."""
+        """The loss of add_loss_args' flags; no classification term without --use_classifier, no prediction term
+        without --predict_next."""
         return cls(args.l1_weight, args.ms_ssim_weight, args.smooth_weight,
-                   args.cls_weight if args.use_classifier else 0.0)
+                   args.cls_weight if args.use_classifier else 0.0,
+                   args.predict_weight if args.predict_next else 0.0)
 
     def forward(self, output: dict[str, torch.Tensor], target: torch.Tensor,
                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -127,6 +135,13 @@ class AutoencoderLoss(nn.Module):
         else:
             classification = torch.zeros((), device=target.device)
         recon = self.l1_weight * l1 + self.ms_ssim_weight * ms_ssim_part
-        total = recon + self.smooth_weight * smooth + self.cls_weight * classification
+        if "prediction" in output:  # frames 2..T guessed from the latents of 1..T-1
+            guess, following = output["prediction"].float(), target[:, 1:]  # (B, T-1, C, H, W)
+            prediction = (self.l1_weight * F.l1_loss(guess, following)
+                          + self.ms_ssim_weight * ms_ssim_loss(guess, following))
+        else:
+            prediction = torch.zeros((), device=target.device)
+        total = (recon + self.smooth_weight * smooth + self.cls_weight * classification
+                 + self.predict_weight * prediction)
         return {"total": total, "reconstruction": recon, "l1": l1, "ms_ssim": ms_ssim_part,
-                "smooth": smooth, "classification": classification}
+                "smooth": smooth, "classification": classification, "prediction": prediction}

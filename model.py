@@ -31,6 +31,7 @@ class ModelConfig:
     classifier_hidden: tuple[int, int] = (512, 256)
     peephole: bool = False
     upsample: str = "transposed"  # decoder stages: "transposed" (the seed's) or "resize" (nearest x2, then 3x3 conv)
+    predict_next: bool = False  # a 3x3 convolution guesses z_(t+1) from z_t; the shared decoder draws frame t+1
 
     def __post_init__(self):
         self.cnn_channels = tuple(self.cnn_channels)
@@ -135,6 +136,10 @@ class ConvLSTMAutoencoder(nn.Module):
                                 config.decoder_layers, config.peephole)
         self.frame_decoder = FrameDecoder(config)
         self.classifier = Classifier(config) if config.use_classifier else None
+        # made last, so that the other parts start from the same weights with or without it
+        hidden = config.encoder_hidden_dim
+        self.predictor = (nn.Conv2d(hidden, hidden, config.kernel_size, padding=config.kernel_size // 2)
+                          if config.predict_next else None)
 
     def encode(self, x: torch.Tensor, state: list[State] | None = None) -> tuple[torch.Tensor, list[State]]:
         """Latent sequence of a clip; pass the returned state back in to continue a long video."""
@@ -158,9 +163,17 @@ class ConvLSTMAutoencoder(nn.Module):
             raise RuntimeError("this model was built with use_classifier=False")
         return self.classifier(z_last)
 
+    def predict(self, z_seq: torch.Tensor) -> torch.Tensor:
+        """Frames 2..T guessed from the latents of frames 1..T-1: (B, T, enc_hid, h, w) -> (B, T-1, C, H, W)."""
+        b, t = z_seq.shape[:2]
+        guessed = self.predictor(z_seq[:, :-1].flatten(0, 1))  # (B*(T-1), enc_hid, h, w): z_(t+1) from z_t
+        return self.decode(guessed.unflatten(0, (b, t - 1)))  # (B, T-1, C, H, W)
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z_seq, _ = self.encode(x)  # (B, T, enc_hid, H/8, W/8)
         output = {"reconstruction": self.decode(z_seq), "z_seq": z_seq, "z_last": z_seq[:, -1]}
+        if self.predictor is not None and z_seq.shape[1] > 1:
+            output["prediction"] = self.predict(z_seq)  # (B, T-1, C, H, W)
         if self.classifier is not None:
             output["logits"] = self.classifier(output["z_last"])  # (B, num_classes)
         return output
@@ -227,6 +240,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--upsample", type=str, default=default.upsample, choices=UPSAMPLINGS,
                        help="decoder upsampling: transposed convolutions (the seed's) or nearest resize + 3x3 "
                             f"convolution, which avoids checkerboard artefacts (default: {default.upsample})")
+    group.add_argument("--predict_next", action="store_true",
+                       help="also guess each next frame from the latent (a 3x3 convolution, then the shared "
+                            "decoder), trained with the loss's --predict_weight (default: off)")
     group.add_argument("--use_classifier", action="store_true",
                        help="add the empty-well/embryo classifier head on z_last (default: off)")
     group.add_argument("--num_classes", type=int, default=default.num_classes,
@@ -249,6 +265,7 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
         num_classes=args.num_classes,
         peephole=args.peephole,
         upsample=args.upsample,
+        predict_next=args.predict_next,
     )
 
 

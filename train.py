@@ -131,7 +131,8 @@ class Trainer:
 
 def check_args(args):
     """Flag values that argparse cannot check; raises cli.InputError."""
-    weights = ("weight_decay", "grad_clip", "l1_weight", "ms_ssim_weight", "smooth_weight", "cls_weight")
+    weights = ("weight_decay", "grad_clip", "l1_weight", "ms_ssim_weight", "smooth_weight", "cls_weight",
+               "predict_weight")
     finite = ("learning_rate", "val_fraction", "warmup_epochs", "mask_ratio", *weights)
     cli.check_numbers(args, finite=finite, at_least={
         **dict.fromkeys(("batch_size", "num_epochs", "save_every", "log_every", "seq_len"), 1),
@@ -388,8 +389,9 @@ def fit(t: Trainer) -> int:
     run, args = t.run, t.run.args
     save_dir = Path(args.save_dir)
     for epoch in range(t.start_epoch + 1, args.num_epochs + 1):
-        progress = EpochProgress(0, torch.zeros(len(LOSS_KEYS), device=run.device)) if t.partial is None else \
-            EpochProgress(**{**t.partial, "sums": torch.tensor(t.partial["sums"], device=run.device)})
+        sums = [0.0] * len(LOSS_KEYS) if t.partial is None else t.partial["sums"]
+        sums = sums + [0.0] * (len(LOSS_KEYS) - len(sums))  # a run from before the last loss parts: none of them
+        progress = EpochProgress(**{**(t.partial or {"step": 0}), "sums": torch.tensor(sums, device=run.device)})
         t.partial = None
         t.train_ds.set_epoch(epoch)
         t.sampler.set_epoch(epoch, skip=progress.step * args.batch_size)

@@ -59,6 +59,22 @@ def test_weights_combine_the_parts():
     assert parts["reconstruction"].item() == pytest.approx(expected_recon.item())
     expected_total = expected_recon + 0.2 * parts["smooth"] + 0.5 * parts["classification"]
     assert parts["total"].item() == pytest.approx(expected_total.item())
+    assert parts["prediction"].item() == 0  # no guessed frames in the output
+
+
+def test_next_frame_guess_is_scored_against_the_following_frames():
+    torch.manual_seed(0)
+    target = torch.rand(2, 4, 1, 64, 64)  # (B, T, C, H, W)
+    output = output_for(torch.rand_like(target))
+    output["prediction"] = torch.rand(2, 3, 1, 64, 64)  # frames 2..T
+    loss_fn = AutoencoderLoss(l1_weight=0.3, ms_ssim_weight=0.7, smooth_weight=0.0, predict_weight=0.25)
+    parts = loss_fn(output, target)
+    following = target[:, 1:]
+    scores = ms_ssim(output["prediction"].reshape(-1, 1, 64, 64), following.reshape(-1, 1, 64, 64),
+                     data_range=1.0, win_size=3)
+    expected = 0.3 * F.l1_loss(output["prediction"], following) + 0.7 * (1 - scores)
+    assert parts["prediction"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert parts["total"].item() == pytest.approx((parts["reconstruction"] + 0.25 * expected).item(), rel=1e-5)
 
 
 def test_unknown_labels_add_no_classification_loss():

@@ -48,10 +48,11 @@ def test_wrong_input_shape_is_a_clear_error():
         tiny_model()(torch.rand(2, 1, 32, 32))
 
 
-@pytest.mark.parametrize("options", [{"peephole": False}, {"peephole": True}, {"upsample": "resize"}])
+@pytest.mark.parametrize("options", [{"peephole": False}, {"peephole": True}, {"upsample": "resize"},
+                                     {"predict_next": True}])
 def test_every_parameter_gets_a_finite_gradient_and_training_lowers_the_loss(options):
     model = tiny_model(**options)
-    loss_fn = AutoencoderLoss(cls_weight=1.0)
+    loss_fn = AutoencoderLoss(cls_weight=1.0, predict_weight=0.5)
     torch.manual_seed(1)
     x = torch.rand(2, 4, 1, 32, 32)
     labels = torch.tensor([0, 1])
@@ -154,3 +155,23 @@ def test_mask_frames_blanks_a_share_of_frames_but_never_the_first():
     blank = (masked == 0).flatten(2).all(-1)  # (B, T)
     assert not blank[:, 0].any() and 0.2 < blank[:, 1:].float().mean() < 0.4
     assert torch.equal(masked[~blank], video[~blank])
+
+
+def test_next_frame_guess_comes_from_the_latent_through_the_shared_decoder():
+    """--predict_next adds one convolution, made after every other part: those start from the same weights as
+    without it (so the untrained control of such a run is the plain model's), and frames 2..T are the decoder's
+    drawing of that convolution applied to z_1..z_(T-1)."""
+    plain, predicting = tiny_model(), tiny_model(predict_next=True)
+    extra = set(predicting.state_dict()) - set(plain.state_dict())
+    assert extra == {"predictor.weight", "predictor.bias"}
+    assert all(torch.equal(v, predicting.state_dict()[k]) for k, v in plain.state_dict().items())
+    x = torch.rand(2, 5, 1, 32, 32)  # (B, T, C, H, W)
+    with torch.no_grad():
+        output = predicting(x)
+        z_seq = output["z_seq"]  # (B, T, C, h, w)
+        guessed = predicting.predictor(z_seq[:, :-1].flatten(0, 1)).unflatten(0, (2, 4))
+        expected = predicting.decode(guessed)
+    assert output["prediction"].shape == (2, 4, 1, 32, 32)
+    torch.testing.assert_close(output["prediction"], expected)
+    torch.testing.assert_close(output["reconstruction"], plain(x)["reconstruction"])  # same weights, same frames
+    assert "prediction" not in plain(x) and "prediction" not in predicting(x[:, :1])  # nothing to guess at T=1

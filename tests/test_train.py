@@ -73,14 +73,16 @@ def classifier_run(index_csv, tmp_path_factory) -> Path:
     return out
 
 
-def test_resize_decoder_masked_frames_curves_and_tensorboard(index_csv, tmp_path, monkeypatch):
+def test_resize_decoder_masked_frames_next_frame_guess_curves_and_tensorboard(index_csv, tmp_path, monkeypatch):
     """The experiment flags train; the curves PNG is written; with tensorboard installed (faked) it gets the
     epoch's numbers and the reconstruction image."""
     fake = type(sys)("torch.utils.tensorboard")
     fake.SummaryWriter = FakeSummaryWriter
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
     assert train.main(parse(index_csv, tmp_path, "--num_epochs", "1", "--upsample", "resize", "--mask_ratio",
-                            "0.3")) == 0
+                            "0.3", "--predict_next")) == 0
+    logged = json.loads((tmp_path / "logs" / "training_log.json").read_text())[-1]
+    assert logged["prediction"] > 0 and logged["val_prediction"] > 0  # the next-frame guess trained and scored
     png = (tmp_path / "logs" / "training_curves.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
     calls = FakeSummaryWriter.calls

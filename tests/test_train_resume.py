@@ -21,9 +21,9 @@ TINY = ["--image_size", "32", "--encoder_hidden_dim", "8", "--encoder_layers", "
 # One thread: bit-exact comparisons need the same thread count in every run, and spinning
 # OpenMP threads on a shared 2-core machine make the runs needlessly slow.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-LOG_KEYS = {"epoch", "lr", "total", "reconstruction", "l1", "ms_ssim", "smooth", "classification",
+LOG_KEYS = {"epoch", "lr", "total", "reconstruction", "l1", "ms_ssim", "smooth", "classification", "prediction",
             "val_total", "val_reconstruction", "val_l1", "val_ms_ssim", "val_smooth", "val_classification",
-            "epoch_time_s", "clips_per_s"}
+            "val_prediction", "epoch_time_s", "clips_per_s"}
 CHECKPOINT_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict", "epoch",
                    "global_step", "best_val_loss", "losses", "model_config", "args", "rng_state"}
 
@@ -126,6 +126,10 @@ def test_sigterm_mid_epoch_saves_last_pt_exits_85_and_rerun_continues(index_csv,
     print(f"SIGTERM to exit 85: {took:.2f} s")
     last = load(tmp_path / "ckpt" / "last.pt")  # weights_only load of the preemption checkpoint
     assert last["epoch"] == 0 and last["partial_epoch"]["step"] >= 1
+    # as written before the `prediction` loss part existed: one running sum fewer (it was 0 without --predict_next)
+    assert last["partial_epoch"]["sums"][-1] == 0
+    last["partial_epoch"]["sums"] = last["partial_epoch"]["sums"][:-1]
+    torch.save(last, tmp_path / "ckpt" / "last.pt")
     resumed = run_to_end(index_csv, tmp_path)
     assert resumed.stdout.startswith("Resuming from"), resumed.stdout
     assert_same_training(reference, tmp_path)
