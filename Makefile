@@ -27,7 +27,7 @@ DEMO := demo_output
 DEMO_MODEL := --image_size 64 --encoder_hidden_dim 32 --encoder_layers 2 --decoder_hidden_dim 32 \
 	--decoder_layers 1 --use_classifier --predict_next
 # Four clips per well an epoch (train.py's default draws 20): 30 epochs of 41 training wells, 1230 steps, about
-# 3 minutes on a 2-core CPU. More steps was the change that paid most on reconstruction (RESULTS.md).
+# 2.5 minutes on a 2-core CPU (the whole demo about 3.5). More steps was the change that paid most on reconstruction (RESULTS.md).
 DEMO_TRAIN := --seq_len 10 --batch_size 4 --num_epochs 30 --learning_rate 2e-3 --warmup_epochs 1 \
 	--cls_weight 1.0 --augment --amp off --device cpu --num_workers 0 --clips_per_recording 4
 

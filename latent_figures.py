@@ -222,7 +222,7 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
     def series(key):
         return [e[key] if e.get(key) is not None and e[key] > 0 else np.nan for e in history]
 
-    parts = [p for p in ("total", "l1", "ms_ssim", "smooth", "classification")
+    parts = [p for p in ("total", "l1", "ms_ssim", "smooth", "classification", "prediction")
              if p == "total" or np.isfinite(series(p) + series("val_" + p)).any()]
     fig, axes = plt.subplots(1, len(parts), figsize=(3.2 * len(parts), 3), squeeze=False)
     for ax, part in zip(axes[0], parts, strict=True):

@@ -31,7 +31,7 @@ class ModelConfig:
     classifier_hidden: tuple[int, int] = (512, 256)
     peephole: bool = False
     upsample: str = "transposed"  # decoder stages: "transposed" (the seed's) or "resize" (nearest x2, then 3x3 conv)
-    predict_next: bool = False  # a 3x3 convolution guesses z_(t+1) from z_t; the shared decoder draws frame t+1
+    predict_next: bool = False  # a kernel_size convolution guesses z_(t+1) from z_t; the decoder draws frame t+1
 
     def __post_init__(self):
         self.cnn_channels = tuple(self.cnn_channels)
@@ -241,8 +241,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="decoder upsampling: transposed convolutions (the seed's) or nearest resize + 3x3 "
                             f"convolution, which avoids checkerboard artefacts (default: {default.upsample})")
     group.add_argument("--predict_next", action="store_true",
-                       help="also guess each next frame from the latent (a 3x3 convolution, then the shared "
-                            "decoder), trained with the loss's --predict_weight (default: off)")
+                       help="also guess each next frame from the latent (a --kernel_size convolution, then the "
+                            "shared decoder), trained with the loss's --predict_weight (default: off)")
     group.add_argument("--use_classifier", action="store_true",
                        help="add the empty-well/embryo classifier head on z_last (default: off)")
     group.add_argument("--num_classes", type=int, default=default.num_classes,

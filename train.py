@@ -139,6 +139,9 @@ def check_args(args):
         **dict.fromkeys(("warmup_epochs", "num_workers", "keep_checkpoints", *weights), 0)})
     if not 0 <= args.mask_ratio < 1:
         raise cli.InputError(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}")
+    if args.predict_next and args.seq_len < 2:  # nothing to guess: the predictor would get no gradient
+        raise cli.InputError(f"--predict_next guesses each next frame of a clip and needs --seq_len 2 or more, got "
+                             f"{args.seq_len}")
     if not args.learning_rate > 0:
         raise cli.InputError(f"--learning_rate must be > 0, got {args.learning_rate}")
     cli.check_writable("--save_dir", args.save_dir)

@@ -165,7 +165,7 @@ case "$rc" in
         rc=$EXIT_CHECKPOINTED ;;
     137)
         say "train.py was killed ${KILL_AFTER_SECONDS}s after the time limit's SIGTERM without exiting; exit" \
-            "$EXIT_CHECKPOINTED to continue from the last checkpoint saved (the epochs since it run again)"
+            "$EXIT_CHECKPOINTED to continue from the last checkpoint saved (the epochs since it are trained again)"
         rc=$EXIT_CHECKPOINTED ;;
     *)
         if [[ -n "$signalled" ]]; then

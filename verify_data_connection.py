@@ -45,7 +45,7 @@ def run_check(args, index_csv, model, device):
     if output["reconstruction"].shape != video.shape:
         raise RuntimeError(f"reconstruction {tuple(output['reconstruction'].shape)} != input {tuple(video.shape)}")
 
-    loss_fn = AutoencoderLoss(cls_weight=1.0 if model.config.use_classifier else 0.0)
+    loss_fn = AutoencoderLoss.from_args(args)
     losses = loss_fn(output, video, labels)
     print("loss: " + ", ".join(f"{k} {v.item():.4f}" for k, v in losses.items()))
     if not torch.isfinite(losses["total"]):

@@ -1,5 +1,7 @@
 """Loss values on known inputs."""
 
+import argparse
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -60,6 +62,13 @@ def test_weights_combine_the_parts():
     expected_total = expected_recon + 0.2 * parts["smooth"] + 0.5 * parts["classification"]
     assert parts["total"].item() == pytest.approx(expected_total.item())
     assert parts["prediction"].item() == 0  # no guessed frames in the output
+
+
+@pytest.mark.parametrize("predict_next", [True, False])
+def test_flags_give_the_prediction_weight_only_with_the_guess(predict_next):
+    args = argparse.Namespace(l1_weight=0.5, ms_ssim_weight=0.5, smooth_weight=0.1, cls_weight=0.1,
+                              use_classifier=False, predict_next=predict_next, predict_weight=0.25)
+    assert AutoencoderLoss.from_args(args).predict_weight == (0.25 if predict_next else 0.0)
 
 
 def test_next_frame_guess_is_scored_against_the_following_frames():

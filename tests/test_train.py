@@ -98,7 +98,7 @@ def test_labels_reach_the_classification_loss(classifier_run):
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "image_size", "save_dir_under_a_file", "resume_from",
-                                  "fp16_on_cpu", "batch_size", "label_out_of_range"])
+                                  "fp16_on_cpu", "batch_size", "label_out_of_range", "predict_one_frame"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, index_csv, tmp_path, capsys):
     extra, index = [], index_csv
     if case == "missing":
@@ -117,6 +117,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, index_csv, tmp
         extra = ["--amp", "fp16"]
     elif case == "batch_size":
         extra = ["--batch_size", "0"]
+    elif case == "predict_one_frame":  # no next frame to guess: under DDP an unused predictor would hang the run
+        extra = ["--predict_next", "--seq_len", "1"]
     elif case == "label_out_of_range":
         rows = pd.read_csv(index_csv, dtype=str)
         rows["path"] = [str(index_csv.parent / p) for p in rows["path"]]
@@ -129,7 +131,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, index_csv, tmp
     line = one_error_line(capsys)
     assert {"missing": "index.csv", "empty": "index.csv", "image_size": "multiple of 8",
             "save_dir_under_a_file": "--save_dir", "resume_from": "missing.pt", "fp16_on_cpu": "fp16",
-            "batch_size": "--batch_size", "label_out_of_range": "label 2 is not below --num_classes 2"}[case] in line
+            "batch_size": "--batch_size", "label_out_of_range": "label 2 is not below --num_classes 2",
+            "predict_one_frame": "--predict_next guesses each next frame"}[case] in line
     assert snapshot(tmp_path) == before and not (tmp_path / "logs").exists()
 
 
