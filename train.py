@@ -140,8 +140,7 @@ def check_args(args):
     if not 0 <= args.mask_ratio < 1:
         raise cli.InputError(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}")
     if args.predict_next and args.seq_len < 2:  # nothing to guess: the predictor would get no gradient
-        raise cli.InputError(f"--predict_next guesses each next frame of a clip and needs --seq_len 2 or more, got "
-                             f"{args.seq_len}")
+        raise cli.InputError(f"--predict_next guesses each next frame: needs --seq_len 2 or more, got {args.seq_len}")
     if not args.learning_rate > 0:
         raise cli.InputError(f"--learning_rate must be > 0, got {args.learning_rate}")
     cli.check_writable("--save_dir", args.save_dir)
@@ -392,8 +391,8 @@ def fit(t: Trainer) -> int:
     run, args = t.run, t.run.args
     save_dir = Path(args.save_dir)
     for epoch in range(t.start_epoch + 1, args.num_epochs + 1):
-        sums = [0.0] * len(LOSS_KEYS) if t.partial is None else t.partial["sums"]
-        sums = sums + [0.0] * (len(LOSS_KEYS) - len(sums))  # a run from before the last loss parts: none of them
+        sums = [] if t.partial is None else t.partial["sums"]  # a run from before the last loss parts: none of them
+        sums = sums + [0.0] * (len(LOSS_KEYS) - len(sums))
         progress = EpochProgress(**{**(t.partial or {"step": 0}), "sums": torch.tensor(sums, device=run.device)})
         t.partial = None
         t.train_ds.set_epoch(epoch)

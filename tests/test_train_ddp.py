@@ -17,14 +17,29 @@ TINY = ["--image_size", "32", "--encoder_hidden_dim", "8", "--encoder_layers", "
         "--amp", "off", "--warmup_epochs", "1", "--num_epochs", "2", "--clips_per_recording", "1"]
 
 
-def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
-    index_csv = make_synthetic_dataset(tmp_path / "data", n_embryos=10, n_frames=8, size=32, seed=1)
-    out = tmp_path / "run"
+# Seen once in about 40 runs (30 Nov 2026), not reproduced since: a rank aborting in gloo's native code with this
+# message and no Python error. One clean rerun is allowed for that failure alone, and the rerun must pass
+# every check.
+GLOO_ABORT = "terminate called without an active exception"
+
+
+def torchrun(index_csv: Path, out: Path) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(REPO / "train.py"), "--index_csv", str(index_csv), "--save_dir", str(out / "ckpt"),
                "--log_dir", str(out / "logs"), *TINY]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
+    index_csv = make_synthetic_dataset(tmp_path / "data", n_embryos=10, n_frames=8, size=32, seed=1)
+    out = tmp_path / "run"
+    result = torchrun(index_csv, out)
+    if result.returncode != 0 and GLOO_ABORT in result.stderr and "Traceback (most recent call last)" not in \
+            result.stderr.split(GLOO_ABORT)[0]:
+        print(f"gloo abort, rerunning once:\n{result.stderr[-1500:]}")
+        out = tmp_path / "rerun"
+        result = torchrun(index_csv, out)
     assert result.returncode == 0, result.stderr[-3000:]
     last = torch.load(out / "ckpt" / "last.pt", map_location="cpu", weights_only=True)
     digest = ckpt.weights_digest(last["model_state_dict"])
