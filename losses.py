@@ -109,11 +109,11 @@ class AutoencoderLoss(nn.Module):
     def __init__(self, l1_weight: float = 0.5, ms_ssim_weight: float = 0.5, smooth_weight: float = 0.1,
                  cls_weight: float = 0.0, predict_weight: float = 0.0):
         super().__init__()
-        self.predict_weight = predict_weight
         self.l1_weight = l1_weight
         self.ms_ssim_weight = ms_ssim_weight
         self.smooth_weight = smooth_weight
         self.cls_weight = cls_weight
+        self.predict_weight = predict_weight
 
     @classmethod
     def from_args(cls, args) -> "AutoencoderLoss":
