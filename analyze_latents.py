@@ -242,45 +242,27 @@ def _json_float(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def analyse_labels(trajectories: list[dict], clips: dict | None, out: Path, args) -> dict | None:
-    """Empty-well/embryo metrics: the model's classifier probabilities when present, else (and in addition,
-    as `latent_probe`) a logistic regression on pooled latents cross-validated with folds grouped by patient."""
-    if clips is not None:
-        meta, features, feature_name = clips["meta"], clips["z_last"], "spatially pooled z_last of each clip"
-    else:
-        meta = pd.DataFrame([t["meta"] for t in trajectories])
-        features, feature_name = np.stack([t["z"].mean(axis=0) for t in trajectories]), "time-mean of each trajectory"
+def analyse_classifier(clips: dict | None, out: Path) -> dict | None:
+    """Empty-well/embryo metrics of the model's own classifier (clips/probs.npy), over all labelled clips and per
+    split (training rows flatter it); None when the latents hold no classifier probabilities or no labels. (The
+    latents' own separability, beside its controls, is the `label` probe.)"""
+    if clips is None or clips["probs"] is None:
+        return None
+    meta = clips["meta"]
     labels = known_labels(meta)
     keep = labels >= 0
     if not keep.any():
         return None
-    probe = None
-    if len(np.unique(labels[keep])) >= 2 and len(np.unique(patient_groups(meta)[keep])) >= 2:
-        groups = patient_groups(meta)[keep]
-        probs, folds = probes.grouped_cv_probabilities(features[keep], labels[keep], groups, args.cv_folds, args.seed)
-        probe = probes.classification_metrics(labels[keep], probs)
-        probe["source"] = (f"logistic regression on the {feature_name}, {folds}-fold cross-validation grouped by "
-                           f"patient ({len(np.unique(groups))} patients)")
-    if clips is not None and clips["probs"] is not None:
-        metrics = probes.classification_metrics(labels[keep], clips["probs"][keep])
-        metrics["source"] = "model classifier probabilities (clips/probs.npy)"
-        splits = meta["split"].fillna("").astype(str).to_numpy()[keep] if "split" in meta.columns else None
-        if splits is not None and len(set(splits)) > 1:  # training rows flatter the classifier: report each split
-            metrics["by_split"] = {}
-            for split in sorted(set(splits)):
-                in_split = splits == split
-                part = probes.classification_metrics(labels[keep][in_split], clips["probs"][keep][in_split])
-                part.pop("roc_curve")
-                metrics["by_split"][split or "(none)"] = part
-        if probe is not None:
-            probe.pop("roc_curve")
-            metrics["latent_probe"] = probe
-    elif probe is not None:
-        metrics = probe
-        metrics["source"] += "; the latents hold no classifier probabilities (clips/probs.npy)"
-    else:
-        return {"source": None, "n": int(keep.sum()),
-                "note": "labels have a single class or a single patient: no classifier can be evaluated"}
+    metrics = probes.classification_metrics(labels[keep], clips["probs"][keep])
+    metrics["source"] = "model classifier probabilities (clips/probs.npy)"
+    splits = meta["split"].fillna("").astype(str).to_numpy()[keep] if "split" in meta.columns else None
+    if splits is not None and len(set(splits)) > 1:
+        metrics["by_split"] = {}
+        for split in sorted(set(splits)):
+            in_split = splits == split
+            part = probes.classification_metrics(labels[keep][in_split], clips["probs"][keep][in_split])
+            part.pop("roc_curve")
+            metrics["by_split"][split or "(none)"] = part
     metrics["figures"] = figures.plot_classifier(metrics, metrics["source"][:70], out / "roc_curve.png",
                                                  out / "confusion_matrix.png")
     return metrics
@@ -298,44 +280,59 @@ def read_control(traj: dict, name: str, rows: np.ndarray) -> np.ndarray:
     return values[traj["start"] + rows].astype(np.float64)
 
 
-def probe_features(trajectories: list[dict], rows: list[np.ndarray]) -> dict:
-    """The trained latents and each control at the given rows; a control that some trajectory lacks is missing
-    (a string saying why)."""
+def probe_features(trajectories: list[dict], rows: list[np.ndarray], per_embryo: bool = False) -> dict:
+    """The trained latents and each control at the given rows (per_embryo: their mean, one row per trajectory); a
+    control that some trajectory lacks is missing (a string saying why)."""
     used = [(t, r) for t, r in zip(trajectories, rows, strict=True) if len(r)]
-    features = {"trained": np.concatenate([t["z"][r] for t, r in used])}
+
+    def gather(values):  # one array per used trajectory -> rows
+        return np.stack([v.mean(axis=0) for v in values]) if per_embryo else np.concatenate(values)
+
+    features = {"trained": gather([t["z"][r] for t, r in used])}
     for name, key in CONTROL_KEYS.items():
         lacking = sum(name not in t["controls"] for t, _ in used)
         features[name] = (f"no {key} for {lacking} of {len(used)} trajectories (clip latents, an extraction "
                           "older than the controls, or one run with --no_controls)" if lacking else
-                          np.concatenate([read_control(t, name, r) for t, r in used]))
+                          gather([read_control(t, name, r) for t, r in used]))
     return features
 
 
+def probe_data(spec: probes.ProbeSpec, trajectories: list[dict], args) -> tuple | None:
+    """(features, targets, groups, trajectories used) of a probe (probes.PROBES), or None when fewer than two
+    groups (embryos, or patients for a per-embryo probe) or, for a classification, fewer than two classes have
+    its target."""
+    targets = [spec.values(t) for t in trajectories]
+    if spec.level == "frame":
+        rows = probes.probe_rows([mask for _, mask in targets], args.probe_max_frames, args.seed)
+    else:
+        rows = [np.arange(len(t["z"])) if mask.any() else np.zeros(0, int) for t, (_, mask) in
+                zip(trajectories, targets, strict=True)]
+    used = [k for k, r in enumerate(rows) if len(r)]
+    if spec.level == "frame":
+        y = np.concatenate([targets[k][0][rows[k]] for k in used]) if used else np.zeros(0)
+        groups = np.concatenate([np.full(len(rows[k]), trajectories[k]["name"]) for k in used]) if used else y
+    else:
+        y = np.array([targets[k][0][0] for k in used])
+        groups = patient_groups(pd.DataFrame([trajectories[k]["meta"] for k in used])) if used else y
+    if len(np.unique(groups)) < 2 or (spec.metric != "r2" and len(np.unique(y)) < 2):
+        return None
+    return probe_features(trajectories, rows, spec.level == "embryo"), y, groups, [trajectories[k] for k in used]
+
+
 def analyse_probes(trajectories: list[dict], args) -> dict:
-    """Phase (annotated frames) and hours (every frame of a well not labelled empty) probes on the trained
-    latents beside their controls;
-    a probe is None when fewer than two embryos have its target."""
-    targets = [probes.elapsed(t) for t in trajectories]
-    empty = [str(t["meta"].get("label")) in ("0", "0.0") for t in trajectories]  # no development to time
-    masks = {"phase": [t["phase"] != "" if len(t["phase"]) else np.zeros(len(t["z"]), bool) for t in trajectories],
-             "hours": [np.full(len(t["z"]), not e) for t, e in zip(trajectories, empty, strict=True)]}
+    """Every probe of probes.PROBES on the trained latents beside their controls; a probe is None when its target
+    is missing (probe_data)."""
     result = {}
-    for probe, mask in masks.items():
-        rows = probes.probe_rows(mask, args.probe_max_frames, args.seed)
-        used = [k for k, r in enumerate(rows) if len(r)]
-        if len(used) < 2:
-            result[probe] = None
+    for spec in probes.PROBES:
+        data = probe_data(spec, trajectories, args)
+        if data is None:
+            result[spec.name] = None
             continue
-        features = probe_features(trajectories, rows)
-        groups = np.concatenate([np.full(len(rows[k]), trajectories[k]["name"]) for k in used])
-        if probe == "phase":
-            y = np.concatenate([trajectories[k]["phase"][rows[k]] for k in used])
-            result[probe] = probes.phase_probe(features, y, groups, args.cv_folds, args.seed)
-            continue
-        units = sorted({targets[k][1] for k in used})
-        y = np.concatenate([targets[k][0][rows[k]] for k in used])
-        result[probe] = {"target": "time since the trajectory's first frame", "unit": " and ".join(units),
-                         **probes.hours_probe(features, y, groups, args.cv_folds, args.seed)}
+        features, y, groups, used = data
+        unit = {"unit": spec.unit(used)} if spec.unit else {}
+        result[spec.name] = {"target": spec.target, **unit, "n_embryos": len(used),
+                             "grouped_by": "embryo" if spec.level == "frame" else "patient",
+                             **spec.run(features, y, groups, args.cv_folds, args.seed)}
     return result
 
 
@@ -413,7 +410,7 @@ def main(args: argparse.Namespace) -> dict:
         if info.is_file():
             summary[f"extraction_{name}"] = json.loads(info.read_text())
     summary["trajectories"] = analyse_trajectories(trajectories, out, args)
-    summary["classification"] = analyse_labels(trajectories, clips, out, args)
+    summary["classification"] = analyse_classifier(clips, out)
     summary["probes"] = analyse_probes(trajectories, args)
     summary["phase_probe"] = probes.legacy_phase_probe(summary["probes"]["phase"])
     figures.plot_probes(summary["probes"], out / "probes.png")

@@ -1,8 +1,8 @@
 """Benchmark of the training step, FLOP utilisation, peak memory and the data loader, in one process.
 
-Measures, in one run: (1) training steps/s and clips/s of the project's model (forward, the real
-AutoencoderLoss, backward, AdamW step) under --amp and --compile; (2) the same for a plain reference
-written here (one convolution over cat(x_t, h) per step, fp32, no compile) holding the same weights, and
+Measures, in one run: (1) training steps/s and clips/s of the project's model (train.py's train_step: the loss
+the flags give, as train.py builds it, backward, AdamW step) under --amp and --compile; (2) the same for a plain
+reference written here (one convolution over cat(x_t, h) per step, fp32, no compile) holding the same weights, and
 the speed ratio; (3) matmul throughput (fp32, bf16) of a square matmul and of the model's own gate GEMM
 shapes; (4) FLOPs per step (torch.utils.flop_counter), achieved FLOP/s and its share of the best matmul
 of the dtype in use; (5) peak memory; (6) DataLoader clips/s from raw JPEGs and from the decoded cache,
@@ -31,7 +31,7 @@ import cli
 import train
 from bench_reference import PlainAutoencoder, reference_state_dict
 from losses import AutoencoderLoss
-from model import ConvLSTMAutoencoder, ModelConfig, forward_loss, training_forward
+from model import ConvLSTMAutoencoder, ModelConfig, add_model_args, config_from_args, forward_loss, training_forward
 
 
 @dataclass
@@ -84,6 +84,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="CPU threads for torch; 0 = torch's default, one per core (default: 0)")
     cli.add_seed_arg(parser, "weights, inputs and synthetic wells")
     parser.add_argument("--json", type=str, default=None, help="write the results to this JSON file (default: none)")
+    add_model_args(parser, sizes=False)  # the parts and objectives train.py would train with, on the preset's sizes
+    cli.add_loss_args(parser.add_argument_group("loss"))
     return parser
 
 
@@ -109,15 +111,15 @@ def synchronize(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def make_train_step(model, loss_fn, video, labels, amp_dtype, fused_optimizer, forward=forward_loss):
-    """train.py's train_step as a closure, as train.py sets it up: AdamW (fused there), its default gradient
-    clip, a GradScaler (on for fp16), the forward --compile picked."""
+def make_train_step(model, loss_fn, batch, amp_dtype, fused_optimizer, forward=forward_loss):
+    """train.py's train_step on a batch dict as a closure, as train.py sets it up: AdamW (fused there), its default
+    gradient clip, a GradScaler (on for fp16), the forward --compile picked."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_optimizer)
-    scaler = torch.amp.GradScaler(video.device.type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(batch["video"].device.type, enabled=amp_dtype == torch.float16)
     grad_clip = train.get_args_parser().get_default("grad_clip")
 
     def step():
-        train.train_step(model, video, labels, loss_fn, optimizer, scaler, amp_dtype, grad_clip, forward)
+        train.train_step(model, batch, loss_fn, optimizer, scaler, amp_dtype, grad_clip, forward)
 
     return step
 
@@ -252,20 +254,21 @@ def settings(args) -> dict:
 
 def measure_steps(config: ModelConfig, device, amp_dtype, args, batch_size: int, seq_len: int, steps: int,
                   warmup: int, matmul_n: int) -> dict:
-    """Times, FLOPs and peak memory of the project's step and the plain reference, and the matmul probes."""
+    """Times, FLOPs and peak memory of the project's step and the plain reference (the loss of the flags, as
+    train.py builds it), and the matmul probes."""
     size = config.image_size
     model = ConvLSTMAutoencoder(config).to(device).train()
     reference = PlainAutoencoder(config).to(device).train()
     reference.load_state_dict(reference_state_dict(model.state_dict()))
-    video = torch.rand(batch_size, seq_len, config.in_channels, size, size, device=device)  # (B, T, 1, H, W)
-    labels = torch.randint(0, config.num_classes, (batch_size,), device=device) if config.use_classifier else None
-    loss_fn = AutoencoderLoss(cls_weight=1.0 if config.use_classifier else 0.0)
+    batch = {"video": torch.rand(batch_size, seq_len, config.in_channels, size, size, device=device),  # (B,T,1,H,W)
+             "label": torch.randint(0, config.num_classes, (batch_size,), device=device)}
+    loss_fn = AutoencoderLoss.from_args(args, config)
     with torch.no_grad():  # the two implementations compute the same function (fp32)
-        check = video[:2, :3]
+        check = batch["video"][:2, :3]
         difference = (model(check)["reconstruction"] - reference(check)["reconstruction"]).abs().max().item()
     forward = training_forward(model, args.compile, device)
-    step_fns = {"project": make_train_step(model, loss_fn, video, labels, amp_dtype, True, forward),
-                "reference": make_train_step(reference, loss_fn, video, labels, None, fused_optimizer=False)}
+    step_fns = {"project": make_train_step(model, loss_fn, batch, amp_dtype, True, forward),
+                "reference": make_train_step(reference, loss_fn, batch, None, fused_optimizer=False)}
     peak = {}
     for name, step in step_fns.items():
         reset_peak_memory(device)
@@ -274,7 +277,7 @@ def measure_steps(config: ModelConfig, device, amp_dtype, args, batch_size: int,
         synchronize(device)
         peak[name] = peak_memory_bytes(device)
     # counted eagerly (the same arithmetic): a compiled graph hides its operations from the counter
-    eager_fns = {**step_fns, "project": make_train_step(model, loss_fn, video, labels, amp_dtype, True)}
+    eager_fns = {**step_fns, "project": make_train_step(model, loss_fn, batch, amp_dtype, True)}
     flops = {name: count_flops(step) for name, step in eager_fns.items()}
     probes = matmul_probe(device, matmul_n, gate_gemm_shapes(config, batch_size, seq_len, max_rows=matmul_n * 4))
     for probe in probes.values():
@@ -354,7 +357,7 @@ def main(args) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     preset = PRESETS[args.config]
-    config = ModelConfig(**preset.model)
+    config = config_from_args(args, preset.model)
     matmul_n = preset.matmul_size if device.type == "cpu" else max(preset.matmul_size, 8192)
     amp_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
     result = {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,

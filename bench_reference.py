@@ -41,8 +41,9 @@ class PlainAutoencoder(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.peephole:
-            raise ValueError("the plain reference has no peepholes; benchmark a config with peephole=False")
+        if config.peephole or config.upsample != "transposed":
+            raise ValueError("the plain reference has no peepholes and transposed upsampling only; benchmark a "
+                             "config with peephole=False and upsample='transposed'")
         c1, c2, c3 = config.cnn_channels
         hid, dec = config.encoder_hidden_dim, config.decoder_hidden_dim
         half, quarter = max(dec // 2, 1), max(dec // 4, 1)
@@ -62,14 +63,22 @@ class PlainAutoencoder(nn.Module):
         h1, h2 = config.classifier_hidden
         self.classifier = nn.Sequential(nn.Linear(hid, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(),
                                         nn.Linear(h2, config.num_classes)) if config.use_classifier else None
+        self.predictor = (nn.Conv2d(hid, hid, config.kernel_size, padding=config.kernel_size // 2)
+                          if config.predict_next else None)
+
+    def decode(self, z_seq: torch.Tensor) -> torch.Tensor:
+        b, t = z_seq.shape[:2]  # (B, T, hid, H/8, W/8)
+        hidden_seq = self.decoder(z_seq)  # (B, T, dec, H/8, W/8)
+        frames = torch.sigmoid(self.frame_decoder(hidden_seq.flatten(0, 1)))  # (B*T, C, H, W)
+        return frames.unflatten(0, (b, t))  # (B, T, C, H, W)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         b, t = x.shape[:2]  # (B, T, C, H, W)
         features = self.frame_encoder(x.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, c3, H/8, W/8)
         z_seq = self.encoder(features)  # (B, T, hid, H/8, W/8)
-        hidden_seq = self.decoder(z_seq)  # (B, T, dec, H/8, W/8)
-        frames = torch.sigmoid(self.frame_decoder(hidden_seq.flatten(0, 1)))  # (B*T, C, H, W)
-        output = {"reconstruction": frames.unflatten(0, (b, t)), "z_seq": z_seq, "z_last": z_seq[:, -1]}
+        output = {"reconstruction": self.decode(z_seq), "z_seq": z_seq, "z_last": z_seq[:, -1]}
+        if self.predictor is not None and t > 1:  # frames 2..T from the guessed next latents
+            output["prediction"] = self.decode(self.predictor(z_seq[:, :-1].flatten(0, 1)).unflatten(0, (b, t - 1)))
         if self.classifier is not None:
             output["logits"] = self.classifier(output["z_last"].mean(dim=(2, 3)))  # (B, num_classes)
         return output

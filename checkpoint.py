@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import FLAG_ALIASES, TRAINING_LOG, InputError, NonFiniteError, WriteError, write_bytes
+from cli import FLAG_ALIASES, LOSS_KEYS, LOSS_PARTS, TRAINING_LOG, InputError, NonFiniteError, WriteError, write_bytes
 
 # What a checkpoint must hold for training to continue from it; extraction needs the first two.
 MODEL_KEYS = ("model_config", "model_state_dict")
@@ -33,12 +33,13 @@ EPOCH_FILE = re.compile(r"checkpoint_epoch_(\d+)\.pt")
 # What a rerun may change against the checkpoint it continues, for every train.py flag: "refuse" changes what
 # the run means (exit 2 naming the flag), "announce" is applied from here on with a line, "quiet" passes.
 # Model flags are refused through model_config first. A flag missing here is refused (tests keep it complete).
+# The loss parts' weights follow their row of cli.LOSS_PARTS.
 RESUME_FLAGS = {
     **dict.fromkeys(("seq_len", "sampling", "normalize", "augment", "val_fraction", "seed", "batch_size",
-                     "learning_rate", "weight_decay", "warmup_epochs", "grad_clip", "l1_weight", "ms_ssim_weight",
-                     "smooth_weight", "cls_weight", "image_size", "encoder_hidden_dim", "encoder_layers",
-                     "decoder_hidden_dim", "decoder_layers", "kernel_size", "peephole", "use_classifier",
-                     "num_classes", "upsample", "mask_ratio", "predict_next", "predict_weight"), "refuse"),
+                     "learning_rate", "weight_decay", "warmup_epochs", "grad_clip", "image_size", "encoder_hidden_dim",
+                     "encoder_layers", "decoder_hidden_dim", "decoder_layers", "kernel_size", "peephole",
+                     "use_classifier", "num_classes", "upsample", "mask_ratio", "predict_next"), "refuse"),
+    **{part.flag: part.resume for part in LOSS_PARTS},
     # num_epochs: the cosine schedule ends at the new last epoch; index_csv: the same recordings may be reached
     # by another path (a CHTC job's checkpoint continued on a workstation)
     **dict.fromkeys(("num_epochs", "amp", "index_csv"), "announce"),
@@ -122,13 +123,36 @@ def find_resume_checkpoint(save_dir, resume_from, model_config: dict, args: dict
     return checkpoint, path, changed_flags(checkpoint.get("args") or {}, args, path)
 
 
-def restore(checkpoint: dict, model, optimizer, scheduler, scaler):
-    """Load a resume checkpoint's weights, optimizer, schedule and (when both use one) AMP scaler state."""
+def restore(checkpoint: dict, model, optimizer, scheduler, scaler, rank: int, world_size: int,
+            device: torch.device) -> dict | None:
+    """Load a resume checkpoint's weights, optimizer, schedule, (when both use one) AMP scaler state and this rank's
+    RNG states; returns the position inside the interrupted epoch (partial_epoch), None when there is none or when
+    another number of processes wrote it (that epoch then restarts, with a line)."""
     model.load_state_dict(checkpoint["model_state_dict"])
     optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
     scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
     if scaler.is_enabled() and checkpoint["scaler_state_dict"]:
         scaler.load_state_dict(checkpoint["scaler_state_dict"])
+    partial, states = checkpoint.get("partial_epoch"), checkpoint["rng_state"]
+    if len(states) == world_size:
+        set_rng_state(states[rank], device)
+    elif partial is not None:  # another number of processes: the saved position no longer applies
+        if rank == 0:
+            print(f"Checkpoint written by {len(states)} processes, now {world_size}: epoch "
+                  f"{checkpoint['epoch'] + 1} restarts from its first step", flush=True)
+        partial = None
+    return partial
+
+
+def epoch_paths(save_dir: Path, epoch: int, best: bool, save_every: int, num_epochs: int, keep: int) -> list[Path]:
+    """The files an epoch's checkpoint goes to, last.pt last (when it says epoch N, every file of epoch N exists):
+    best.pt on a new best, checkpoint_epoch_<N>.pt every save_every epochs and at the end (when any is kept)."""
+    paths = [save_dir / "last.pt"]
+    if (epoch % save_every == 0 or epoch == num_epochs) and keep > 0:
+        paths.insert(0, save_dir / f"checkpoint_epoch_{epoch}.pt")
+    if best:
+        paths.insert(0, save_dir / "best.pt")
+    return paths
 
 
 def check_save_dir(save_dir):
@@ -177,6 +201,18 @@ def require_finite_losses(losses: dict, where: str, save_dir) -> dict:
     return losses
 
 
+def require_finite_steps(bad_step: torch.Tensor, epoch: int, steps_per_epoch: int, world_size: int, save_dir):
+    """NonFiniteError if any rank saw a non-finite loss this epoch (bad_step: the first such step, -1 for none,
+    kept on the device so that the steps need no host sync); a collective call under DDP."""
+    if world_size > 1:
+        bad_step = bad_step.clone()
+        torch.distributed.all_reduce(bad_step, op=torch.distributed.ReduceOp.MAX)
+    step = int(bad_step.item())
+    if step >= 0:
+        raise NonFiniteError(f"non-finite loss at epoch {epoch}, step {step + 1} of {steps_per_epoch}; stopped, the "
+                             f"last good checkpoint in {save_dir} is kept (try a lower --learning_rate or --amp off)")
+
+
 def prune_checkpoints(save_dir, keep: int):
     """Delete all but the `keep` newest checkpoint_epoch_<N>.pt (called after the newest is written)."""
     found = sorted((int(m.group(1)), p) for p in Path(save_dir).iterdir() if (m := EPOCH_FILE.fullmatch(p.name)))
@@ -219,11 +255,25 @@ def weights_finite(state_dict: dict) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-def replicas_identical(state_dict: dict, world_size: int) -> tuple[str, bool]:
-    """(sha256 of this rank's weights, whether every rank has the same); a collective call."""
+def replicas_identical(state_dict: dict, world_size: int, is_main: bool) -> bool:
+    """Whether every rank has the same weights (sha256, printed by rank 0); a collective call under DDP, True
+    for one process."""
+    if world_size == 1:
+        return True
     digests = [None] * world_size
     torch.distributed.all_gather_object(digests, weights_digest(state_dict))
-    return digests[0], len(set(digests)) == 1
+    same = len(set(digests)) == 1
+    if is_main:
+        print(f"DDP: weights sha256 {digests[0][:16]} on ranks {list(range(world_size))}: "
+              f"{'identical' if same else 'DIFFERENT'}", flush=True)
+    return same
+
+
+def partial_sums(partial: dict | None) -> dict[str, float]:
+    """The running loss sums of a mid-epoch checkpoint's partial_epoch by log key ({} for none). Older checkpoints
+    hold a list in cli.LOSS_KEYS' order, without the parts added since."""
+    sums = {} if partial is None else partial["sums"]
+    return dict(zip(LOSS_KEYS, sums, strict=False)) if isinstance(sums, list) else sums
 
 
 def gather_rng_states(device: torch.device, world_size: int) -> list[dict]:

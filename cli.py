@@ -1,5 +1,6 @@
 """What every script shares: the one-line argument parser, the error types and exit codes, shared flags,
-the choice of device and autocast dtype, and the one atomic file writer.
+the choice of device and autocast dtype, the one atomic file writer, the file names of the log and latents
+folders, and the table of loss parts.
 
 Importing this module loads no torch (build_index.py and the analysis use it); the device functions
 import torch when called.
@@ -14,6 +15,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,6 +45,45 @@ METADATA_CSV = "metadata.csv"
 LATENT_KEY = "z"  # (n, C) pooled latents of the trained model, one row per frame
 UNTRAINED_KEY = "z_untrained"  # (n, C) the same frames through an untrained model of the same config (seeded)
 PIXELS_KEY = "pixels"  # (n, P) the same frames' raw pixels, area-downsampled and flattened
+
+
+@dataclass(frozen=True)
+class LossPart:
+    """One term of the training loss. Its flag, the flag's default and help, its log keys (`name`, `val_<name>`),
+    its curve, its resume policy and its weight in losses.AutoencoderLoss all follow from this row; losses.py
+    computes it in the function named `name`."""
+
+    name: str  # log key, and the name of its function in losses.py
+    flag: str  # the weight flag
+    default: float
+    help: str
+    title: str = ""  # the training curve's title (default: the name)
+    needs: str | None = None  # the ModelConfig switch without which the part is off (weight 0)
+    resume: str = "refuse"  # checkpoint.RESUME_FLAGS policy of the weight flag
+    reconstruction: bool = False  # part of the `reconstruction` log key (the weighted frame loss)
+
+
+# The loss parts in the order logs and checkpoints list them (append new ones at the end); total = the sum of
+# weight x part over the parts, `reconstruction` = the same over the parts marked so.
+LOSS_PARTS = (
+    LossPart("l1", "l1_weight", 0.5, "weight of the L1 loss", reconstruction=True),
+    LossPart("ms_ssim", "ms_ssim_weight", 0.5, "weight of 1 - MS-SSIM", title="1 - MS-SSIM", reconstruction=True),
+    LossPart("smooth", "smooth_weight", 0.1, "weight of the latent temporal smoothness loss"),
+    LossPart("classification", "cls_weight", 0.1, "weight of the classification loss on labelled clips",
+             needs="use_classifier"),
+    LossPart("prediction", "predict_weight", 0.5, "weight of the next-frame guess's loss (L1 and 1 - MS-SSIM "
+             "weighted as for the reconstruction)", needs="predict_next"),
+)
+LOSS_KEYS = ("total", "reconstruction", *(part.name for part in LOSS_PARTS))  # what the log holds per epoch
+LOSS_WEIGHT_FLAGS = tuple(part.flag for part in LOSS_PARTS)
+
+
+def add_loss_args(group):
+    """The weight flag of every loss part (train.py, verify_data_connection.py, bench.py)."""
+    for part in LOSS_PARTS:
+        used = f"; used only with --{part.needs}" if part.needs else ""
+        group.add_argument(f"--{part.flag}", type=float, default=part.default,
+                           help=f"{part.help}{used} (default: %(default)s)")
 
 
 class ScriptError(Exception):

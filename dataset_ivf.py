@@ -16,11 +16,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
-from torch.utils.data import Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from cli import DEFAULT_SEED, EXIT_STOPPED, FLAG_ALIASES, InputError, Stopped, StopSignal
+from cli import DEFAULT_SEED, EXIT_STOPPED, FLAG_ALIASES, InputError, Stopped, StopSignal, atomic_write
 from frames_io import (
     PHASES,
     BadFile,
@@ -31,6 +32,8 @@ from index_csv import SPLITS, assign_splits, attach_annotations, group_recording
 log = logging.getLogger(__name__)
 
 SAMPLINGS = ("uniform", "window")
+# The DataConfig fields whose extract_latents.py flags default to the training run's (from its checkpoint).
+INHERITED_FIELDS = ("seq_len", "sampling", "normalize", "annotations_dir", "cache_dir")
 NORMALIZATIONS = ("percentile", "none", "zscore")
 NORMALIZE_ALIASES = FLAG_ALIASES["normalize"]  # the name earlier versions (and their checkpoints) used
 
@@ -85,7 +88,10 @@ class DataConfig:
 
 
 def normalize_frames(frames, mode, max_value):
-    """Integer frames (N, H, W) -> float32 in [0, 1]; see IVFSequenceDataset for the modes."""
+    """Integer frames (N, H, W) -> float32 in [0, 1]. "percentile" (formerly "minmax01") stretches the frames' 1st-99th
+    percentile to [0, 1] and clips; "none" divides by the source's full range (max_value: 255, or 65535 for 16-bit);
+    "zscore" standardises, clips to +-3 std and maps linearly to [0, 1] (0.5 = the mean) so that the model's
+    sigmoid output can still reconstruct it."""
     x = frames.astype(np.float32)
     if mode == "none":
         return x / max_value
@@ -106,6 +112,77 @@ def resolve_cache_dir(cache_dir, index_csv):
     return Path(index_csv).parent / ".ivf_cache" if str(cache_dir) == "auto" else Path(cache_dir)
 
 
+def row_error(index_csv, row, msg: str) -> InputError:
+    """The error of an index.csv row: names the file, the line and the embryo."""
+    return InputError(f"{index_csv} line {row.line} ({row.cell_id}): {msg}")
+
+
+def check_sources(rows: list, sources: dict, store: FrameStore, skip_bad: bool, stop: StopSignal | None,
+                  index_csv) -> list:
+    """The rows whose recordings can be read: every source is opened (with a cache, decoded into it once; later
+    checks only stat the files; without, a fast reduced-resolution decode of every frame). An unreadable one is an
+    InputError naming the row, or with skip_bad a warning line per row it drops (and a count); no usable row is
+    still an error. A stop signal (`stop`, a cli.StopSignal) ends the checks between two sources (cli.Stopped)."""
+    users = {}
+    for r in rows:
+        users.setdefault(r.source, []).append(r)
+    bad_rows = 0
+    desc = "decoding into cache" if store.cache_dir else "checking sources"
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for key, src in tqdm(sources.items(), desc=desc, unit="source", leave=False, disable=None):
+            if stop is not None and stop.received:
+                raise Stopped(f"{stop.received} while the sources of {index_csv} were checked: nothing "
+                              f"to save yet (the frame cache keeps what was decoded); exit {EXIT_STOPPED}")
+            try:
+                store.prepare(src, pool)
+            except BadFile as e:
+                src.error = str(e)
+                if not skip_bad:
+                    raise row_error(index_csv, users[key][0], f"{e}; fix or remove the row, or pass --skip_bad") \
+                        from None
+                for r in users[key]:
+                    log.warning("skipping %s line %d (%s): %s", index_csv, r.line, r.cell_id, e)
+                    bad_rows += 1
+    good = [r for r in rows if not sources[r.source].error]
+    if bad_rows:
+        log.warning("%s: skipped %d of %d rows with unreadable sources", index_csv, bad_rows, len(rows))
+    if not good:
+        raise InputError(f"{index_csv}: no usable rows (all {len(rows)} rows were skipped as unreadable)")
+    return good
+
+
+def clip_positions(given: np.ndarray | None, n: int, seq_len: int, sampling: str, clips: int,
+                   rng: np.random.Generator | None, k: int = 0) -> np.ndarray:
+    """Frame positions (T,) of clip k of a row's `clips` (K) clips in a recording of n frames; rng (the row's, the
+    same for its K clips) is None in eval (deterministic). With K = 1 the draws are those of one clip per row.
+    given: a clip row's own positions, resampled evenly to seq_len. "uniform" spreads seq_len frames over the
+    whole recording (jittered per segment in training); "window" takes contiguous frames (centred in eval, a
+    random start in training). The K clips of a row differ: uniform gives each clip another frame of every
+    segment at least K frames wide; window spreads the K starts evenly over the recording with one random shift
+    (distinct while there are at least K starts). Each clip is still uniform alone. Recordings shorter than
+    seq_len repeat frames."""
+    t = seq_len
+    if given is not None:
+        return given if len(given) == t else given[np.round(np.linspace(0, len(given) - 1, t)).astype(np.int64)]
+    if sampling == "window" and n >= t:
+        if rng is None:
+            start = (n - t) // 2
+        elif clips == 1:
+            start = int(rng.integers(0, n - t + 1))
+        else:  # K starts evenly spaced over the n - t + 1 possible ones (one random shift), in a random order
+            start = int((rng.permutation(clips)[k] + rng.random()) / clips * (n - t + 1))
+        return np.arange(start, start + t, dtype=np.int64)
+    if rng is None or sampling == "window":
+        return np.round(np.linspace(0, n - 1, t)).astype(np.int64)
+    edges = np.linspace(0, n, t + 1)
+    lo = np.floor(edges[:-1])
+    hi = np.maximum(lo + 1, np.floor(edges[1:]))
+    u = rng.random(t)  # (T,) where in its segment each frame lies
+    if clips > 1:  # clip k takes the k-th of K strata of every segment, in a random order per segment
+        u = (rng.random((t, clips)).argsort(axis=1)[:, k] + u) / clips
+    return np.minimum(lo + np.floor(u * (hi - lo)), n - 1).astype(np.int64)
+
+
 class IVFSequenceDataset(Dataset):
     """Clips of `seq_len` frames from the rows of an index.csv.
 
@@ -120,29 +197,15 @@ class IVFSequenceDataset(Dataset):
     `phase_index` int64 (T,) (index into PHASES, -1 none). The default collate works (`phase`
     comes out as T tuples of B names).
 
-    sampling: "uniform" spreads seq_len frames over the whole recording (jittered per segment
-    in training); "window" takes contiguous frames (centred in eval, random start in training).
-    The K training clips of a row are stratified so that they differ: uniform gives each clip another
-    frame of every segment at least K frames wide; window spreads the K starts evenly over the recording
-    with one random shift (distinct while there are at least K starts). Each clip is still uniform alone.
-    Sources shorter than seq_len repeat frames. Clip rows with more or fewer than seq_len frames
+    Frames are drawn by clip_positions (`sampling`), normalised per clip by normalize_frames (`normalize`),
+    and in training with `augment` jittered by augment_clip. Clip rows with more or fewer than seq_len frames
     are resampled evenly (one warning).
-    normalize: "percentile" (formerly "minmax01") stretches each clip's 1st-99th percentile to [0, 1] and clips;
-    "none" divides by the source's full range (255, or 65535 for 16-bit); "zscore" standardises
-    each clip, clips to +-3 std and maps linearly to [0, 1] (0.5 = clip mean) so that the
-    model's sigmoid output can still reconstruct it.
-    augment (training only): one random rotation (any angle) and random flips for all frames of
-    a clip, plus mild brightness/contrast/gamma jitter.
     split: None = all rows; "train"/"val"/"test" use the `split` column when present, else a
     seeded split grouped by patient (`patient_id`, else the embryo id without `-<n>`), with
     `val_fraction` of patients in val.
     Randomness depends only on (seed, epoch, index); call `set_epoch` every epoch.
-    cache_dir: a folder, "auto" (`.ivf_cache` beside index.csv) or None/"off" (no cache).
-    Sources are checked when the dataset is built: with a cache by decoding them into the
-    cache (paid once; later builds only stat the files), without it by a fast reduced-resolution
-    decode of every frame. `skip_bad` drops unreadable rows with one warning each (and a count)
-    instead of raising InputError; zero usable rows is still an error. `stop` (a cli.StopSignal) ends the
-    checks between two sources with cli.Stopped once it has received a signal.
+    cache_dir: a folder, "auto" (`.ivf_cache` beside index.csv) or None/"off" (no cache). Sources are checked
+    when the dataset is built (check_sources; `skip_bad`, `stop`).
     """
 
     def __init__(self, index_csv, config: DataConfig | None = None, *, split=None, training=None,
@@ -171,7 +234,7 @@ class IVFSequenceDataset(Dataset):
                              f"or --val_fraction")
         self.sources = group_recordings(rows, form)
         self.store = FrameStore(self.image_size, resolve_cache_dir(self.config.cache_dir, self.index_csv))
-        self.rows = self._check_sources(rows, stop)
+        self.rows = check_sources(rows, self.sources, self.store, self.config.skip_bad, stop, self.index_csv)
         n_resampled = sum(r.positions is not None and len(r.positions) != self.seq_len for r in self.rows)
         if n_resampled:
             log.warning("%s: %d clip rows do not have seq_len=%d frames; they are resampled evenly",
@@ -179,36 +242,6 @@ class IVFSequenceDataset(Dataset):
         if self.has_annotations:
             attach_annotations(self.rows, self.sources, Path(self.config.annotations_dir), self.index_csv)
 
-    def _err(self, row, msg):
-        return InputError(f"{self.index_csv} line {row.line} ({row.cell_id}): {msg}")
-
-    def _check_sources(self, rows, stop: StopSignal | None):
-        """Open (and with cache_dir decode into the cache) every source; drop or raise on bad ones."""
-        users = {}
-        for r in rows:
-            users.setdefault(r.source, []).append(r)
-        bad_rows = 0
-        desc = "decoding into cache" if self.store.cache_dir else "checking sources"
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            for key, src in tqdm(self.sources.items(), desc=desc, unit="source", leave=False, disable=None):
-                if stop is not None and stop.received:
-                    raise Stopped(f"{stop.received} while the sources of {self.index_csv} were checked: nothing "
-                                  f"to save yet (the frame cache keeps what was decoded); exit {EXIT_STOPPED}")
-                try:
-                    self.store.prepare(src, pool)
-                except BadFile as e:
-                    src.error = str(e)
-                    if not self.config.skip_bad:
-                        raise self._err(users[key][0], f"{e}; fix or remove the row, or pass --skip_bad") from None
-                    for r in users[key]:
-                        log.warning("skipping %s line %d (%s): %s", self.index_csv, r.line, r.cell_id, e)
-                        bad_rows += 1
-        good = [r for r in rows if not self.sources[r.source].error]
-        if bad_rows:
-            log.warning("%s: skipped %d of %d rows with unreadable sources", self.index_csv, bad_rows, len(rows))
-        if not good:
-            raise InputError(f"{self.index_csv}: no usable rows (all {len(rows)} rows were skipped as unreadable)")
-        return good
 
     def _read(self, row, positions):
         """Integer frames (T, H, W) of the row's recording at `positions`."""
@@ -216,9 +249,9 @@ class IVFSequenceDataset(Dataset):
         try:
             return self.store.read(src, positions)
         except BadFile as e:
-            raise self._err(row, str(e)) from None
+            raise row_error(self.index_csv, row, str(e)) from None
         except OSError as e:
-            raise self._err(row, f"{src.cache_file or src.path}: {e}") from None
+            raise row_error(self.index_csv, row, f"{src.cache_file or src.path}: {e}") from None
 
     def set_epoch(self, epoch):
         """Set the epoch that seeds sampling and augmentation (seen by persistent workers too)."""
@@ -261,47 +294,20 @@ class IVFSequenceDataset(Dataset):
             return np.full(len(positions), np.nan, np.float32), np.full(len(positions), "", dtype=object)
         return row.hours[positions], row.phase[positions]
 
-    def _positions(self, row, n, rng, k=0):
-        """Frame positions (T,) of clip k of the row's clips_per_row; rng (the row's, the same for its K clips)
-        is None in eval (deterministic). With K = 1 the draws are those of one clip per row."""
-        t, clips = self.seq_len, self.clips_per_row
-        if row.positions is not None:
-            p = row.positions
-            return p if len(p) == t else p[np.round(np.linspace(0, len(p) - 1, t)).astype(np.int64)]
-        if self.sampling == "window" and n >= t:
-            if rng is None:
-                start = (n - t) // 2
-            elif clips == 1:
-                start = int(rng.integers(0, n - t + 1))
-            else:  # K starts evenly spaced over the n - t + 1 possible ones (one random shift), in a random order
-                start = int((rng.permutation(clips)[k] + rng.random()) / clips * (n - t + 1))
-            return np.arange(start, start + t, dtype=np.int64)
-        if rng is None or self.sampling == "window":
-            return np.round(np.linspace(0, n - 1, t)).astype(np.int64)
-        edges = np.linspace(0, n, t + 1)
-        lo = np.floor(edges[:-1])
-        hi = np.maximum(lo + 1, np.floor(edges[1:]))
-        u = rng.random(t)  # (T,) where in its segment each frame lies
-        if clips > 1:  # clip k takes the k-th of K strata of every segment, in a random order per segment
-            u = (rng.random((t, clips)).argsort(axis=1)[:, k] + u) / clips
-        return np.minimum(lo + np.floor(u * (hi - lo)), n - 1).astype(np.int64)
-
     def __getitem__(self, i):
         r, k = divmod(i, self.clips_per_row)
         row = self.rows[r]
         src = self.sources[row.source]
         epoch = int(self._epoch[0])
         rng = np.random.default_rng([self.seed, epoch, r]) if self.training else None
-        positions = self._positions(row, src.n, rng, k)
+        positions = clip_positions(row.positions, src.n, self.seq_len, self.sampling, self.clips_per_row, rng, k)
         if self.training and self.clips_per_row > 1:  # the row's K clips share the draw above; each its own jitter
             rng = np.random.default_rng([self.seed, epoch, r, k + 1])  # k + 1: a trailing 0 would repeat [.., r]
         frames = self._read(row, positions)  # (T, H, W) integer
-        jitter = self.training and self.augment
-        if jitter:
-            frames = _rotate_flip(frames, rng)
-        video = normalize_frames(frames, self.normalize, src.max_value)
-        if jitter:
-            video = _photometric(video, rng)
+        if self.training and self.augment:
+            video = augment_clip(frames, rng, self.normalize, src.max_value)
+        else:
+            video = normalize_frames(frames, self.normalize, src.max_value)
         item = {"video": torch.from_numpy(np.ascontiguousarray(video[:, None], dtype=np.float32)),
                 "label": row.label, "cell_id": row.cell_id,
                 "frame_indices": torch.from_numpy(positions.astype(np.int64))}
@@ -328,6 +334,26 @@ class ResumableSampler(Sampler):
 
     def __len__(self):
         return len(self.inner) - self.skip
+
+
+def make_loaders(train_ds, val_ds, batch_size: int, num_workers: int, world_size: int, rank: int, seed: int,
+                 pin_memory: bool, drop_last: bool) -> tuple[DataLoader, DataLoader | None]:
+    """train.py's loaders: training (a ResumableSampler: this rank's share of the (seed, epoch) order; drop_last for
+    a static batch) and validation (every world_size-th clip from rank on); workers outside the process group."""
+    kw = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+              persistent_workers=num_workers > 0, worker_init_fn=leave_process_group,
+              generator=torch.Generator().manual_seed(seed))
+    train_loader = DataLoader(train_ds, sampler=ResumableSampler(train_ds, world_size, rank, seed), drop_last=drop_last,
+                              **kw)
+    val_loader = DataLoader(val_ds, sampler=list(range(rank, len(val_ds), world_size)), **kw) \
+        if val_ds is not None else None
+    return train_loader, val_loader
+
+
+def write_split_csv(path: Path, *datasets):
+    """split.csv: every row of the datasets (None: left out) with its split, embryo and patient."""
+    rows = [ds.metadata(i) for ds in datasets if ds is not None for i in range(len(ds.rows))]
+    atomic_write(path, lambda f: f.write(pd.DataFrame(rows).to_csv(index=False).encode()))
 
 
 def run_plan(train_ds, val_ds, steps_per_epoch: int, batch_size: int, world_size: int, num_epochs: int,
@@ -374,6 +400,12 @@ def leave_process_group(worker_id: int):
     os.setpgid(0, 0)
 
 
+def augment_clip(frames, rng, normalize: str, max_value: int) -> np.ndarray:
+    """A training clip's jitter: one random rotation (any angle) and random flips for all its integer frames (T, H, W),
+    then normalize_frames, then mild gamma, contrast and brightness jitter: float32 (T, H, W) in [0, 1]."""
+    return _photometric(normalize_frames(_rotate_flip(frames, rng), normalize, max_value), rng)
+
+
 def _rotate_flip(frames, rng):
     """One random rotation (any angle) and flips, the same for every frame: (T, H, W)."""
     angle = rng.uniform(0.0, 360.0)
@@ -403,28 +435,28 @@ def add_data_args(parser, from_checkpoint: bool = False):
     clip settings default to the training run's) extract_latents.py. Defaults are DataConfig's."""
     default = DataConfig()
 
-    def inherited(value, what: str = ""):  # (default, help suffix)
-        if from_checkpoint:
+    def inherited(name: str, shown: str = ""):  # (default, help suffix) of a DataConfig field
+        if from_checkpoint and name in INHERITED_FIELDS:
             return None, "(default: the checkpoint's)"
-        return value, f"(default: {what or value})"
+        return getattr(default, name), f"(default: {shown or getattr(default, name)})"
 
     g = parser.add_argument_group("data")
     g.add_argument("--index_csv", type=str, default="index.csv",
                    help="index.csv with video rows (path,...) or clip rows (cell_id,start_idx,paths) "
                         "(default: %(default)s)")
-    value, note = inherited(default.seq_len)
+    value, note = inherited("seq_len")
     g.add_argument("--seq_len", type=int, default=value, help=f"frames per clip {note}")
-    value, note = inherited(default.sampling)
+    value, note = inherited("sampling")
     g.add_argument("--sampling", type=str, default=value, choices=SAMPLINGS,
                    help=f"uniform: frames spread over the whole recording; window: contiguous frames {note}")
-    value, note = inherited(default.normalize)
+    value, note = inherited("normalize")
     g.add_argument("--normalize", type=str, default=value, choices=NORMALIZATIONS + tuple(NORMALIZE_ALIASES),
                    help="percentile (also minmax01): per-clip 1st-99th percentile to [0,1]; none: x/255 (x/65535 "
                         f"for 16-bit); zscore: per-clip z-score, +-3 std mapped to [0,1] {note}")
-    value, note = inherited(default.annotations_dir, "none")
+    value, note = inherited("annotations_dir", "none")
     g.add_argument("--annotations_dir", type=str, default=value,
                    help=f"folder searched for <embryo>_phases.csv and <embryo>_timeElapsed.csv {note}")
-    value, note = inherited(default.cache_dir)
+    value, note = inherited("cache_dir")
     g.add_argument("--cache_dir", type=str, default=value,
                    help="folder for the decoded-frame cache (each source decoded once, then memory-mapped); "
                         f"auto = .ivf_cache beside index.csv, off = decode on every read {note}")

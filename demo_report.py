@@ -1,6 +1,7 @@
 """Print where `make demo` put its outputs and the headline numbers that show the model learned.
 
-The first number is the trained latents' margin over raw pixels; every probe stands beside its controls.
+The first number is the trained latents' margin over raw pixels; every probe (summary.json's `probes`, one line
+each, in the analysis's order) stands beside its controls.
 """
 
 import argparse
@@ -8,11 +9,11 @@ import json
 import sys
 from pathlib import Path
 
-from cli import RECON_PNG, TRAINING_LOG
+from cli import RECON_PNG, TRAINING_LOG, InputError, OneLineParser, run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = OneLineParser(prog="demo_report.py", description=__doc__.splitlines()[0])
     parser.add_argument("--demo_dir", type=str, default="demo_output",
                         help="folder holding data/, checkpoints/, logs/, latents/, analysis/ (default: %(default)s)")
     return parser
@@ -34,10 +35,10 @@ def _margins(probes: dict) -> str:
     return ", ".join(parts) or "no probe could run (no phases, fewer than two recordings)"
 
 
-def _probe_line(probe: dict | None, with_mae: bool) -> str:
-    """One probe's headline metric for the trained latents and each control."""
+def _probe_line(probe: dict | None) -> str:
+    """One probe's headline metric for the trained latents and each control (with the MAE where it has one)."""
     if probe is None:
-        return "not run (no annotated frames or fewer than two embryos)"
+        return "not run (its target is missing, or fewer than two embryos have it)"
     metric = probe["metric"]
     values = []
     for name in FEATURE_SETS:
@@ -45,10 +46,10 @@ def _probe_line(probe: dict | None, with_mae: bool) -> str:
         if "missing" in result:
             values.append(f"{name} missing")
             continue
-        mae = f" (MAE {result['mae']:.2f} {probe.get('unit', '')})" if with_mae else ""
+        mae = f" (MAE {result['mae']:.2f} {probe.get('unit', '')})" if "mae" in result else ""
         values.append(f"{name} {result[metric]:.3f}{mae}")
     return (f"{_metric_name(metric)}: " + ", ".join(values)
-            + f" ({probe['n_embryos']} embryos, folds grouped by embryo)")
+            + f" ({probe['n_embryos']} embryos, folds grouped by {probe['grouped_by']})")
 
 
 def headline(demo_dir: Path) -> list[str]:
@@ -58,7 +59,6 @@ def headline(demo_dir: Path) -> list[str]:
     first, last = history[0], history[-1]
     best = min(history, key=lambda e: e["val_total"])
     cls, probes = summary["classification"], summary["probes"]
-    val_auc = cls.get("by_split", {}).get("val", {}).get("roc_auc")
     lines = [
         "Outputs",
         f"  data            {demo_dir / 'data' / 'index.csv'} (+ annotations/)",
@@ -69,15 +69,16 @@ def headline(demo_dir: Path) -> list[str]:
         f"  analysis        {demo_dir / 'analysis'} (summary.json, {len(summary['figures'])} figures)",
         "Headline numbers",
         f"  margin over pixels   {_margins(probes)} (trained latents minus the same probe on raw pixels)",
-        f"  phase probe          {_probe_line(probes['phase'], with_mae=False)}",
-        f"  hours probe          {_probe_line(probes['hours'], with_mae=True)}",
+        *(f"  {name + ' probe':20s} {_probe_line(probe)}" for name, probe in probes.items()),
         f"  validation MS-SSIM   epoch 1: {1 - first['val_ms_ssim']:.3f}   epoch {last['epoch']}: "
         f"{1 - last['val_ms_ssim']:.3f}   (validation loss {first['val_total']:.3f} -> {best['val_total']:.3f}, "
         f"best at epoch {best['epoch']})",
-        f"  empty vs embryo      ROC AUC {cls['roc_auc']:.3f} on all wells"
-        + (f", {val_auc:.3f} on validation wells" if val_auc is not None else "")
-        + f" ({cls['source'].split(' (')[0]})",
     ]
+    if cls is not None:
+        val_auc = cls.get("by_split", {}).get("val", {}).get("roc_auc")
+        lines.append(f"  empty vs embryo      ROC AUC {cls['roc_auc']:.3f} on all wells"
+                     + (f", {val_auc:.3f} on validation wells" if val_auc is not None else "")
+                     + f" ({cls['source'].split(' (')[0]})")
     return lines
 
 
@@ -85,13 +86,11 @@ def main(args) -> int:
     try:
         print("\n".join(headline(Path(args.demo_dir))))
     except FileNotFoundError as error:
-        print(f"demo_report.py: error: {error.filename} is missing; run `make demo` first", file=sys.stderr)
-        return 2
+        raise InputError(f"{error.filename} is missing; run `make demo` first") from None
     except KeyError as error:
-        print(f"demo_report.py: error: summary.json has no {error}; re-run analyze_latents.py", file=sys.stderr)
-        return 2
+        raise InputError(f"summary.json has no {error}; re-run analyze_latents.py") from None
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(run_main("demo_report.py", main, get_args_parser().parse_args()))

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 import cli
 from cli import CLIPS_DIR, LATENT_KEY, METADATA_CSV, PIXELS_KEY, TRAJECTORY_DIR, UNTRAINED_KEY, InputError
-from dataset_ivf import DataConfig, IVFSequenceDataset, add_data_args
+from dataset_ivf import INHERITED_FIELDS, DataConfig, IVFSequenceDataset, add_data_args
 from frames_io import PHASES
 from index_csv import SPLITS
 from model import ConvLSTMAutoencoder, config_from_checkpoint, load_model
@@ -159,8 +159,7 @@ def build_dataset(args: argparse.Namespace, checkpoint: dict, image_size: int) -
     cache folder and annotations may be cluster paths: the cache is inherited only as on/off, the
     annotations only when that folder exists here."""
     config = DataConfig.from_checkpoint(checkpoint)
-    given = {k: getattr(args, k) for k in ("seq_len", "sampling", "normalize", "annotations_dir", "cache_dir")
-             if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in INHERITED_FIELDS if getattr(args, k) is not None}
     given.setdefault("cache_dir", "off" if str(config.cache_dir).lower() in ("none", "off", "") else "auto")
     if "annotations_dir" not in given and not (config.annotations_dir and Path(config.annotations_dir).is_dir()):
         given["annotations_dir"] = None

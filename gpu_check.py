@@ -111,7 +111,7 @@ def bench_runs(check: Check, modes: list[str]):
     within at most 200 s), then eager at a large batch."""
     size = check.size
     common = [sys.executable, "bench.py", "--device", size["device"], "--amp", "bf16", "--skip_loader",
-              *size["bench"]]
+              "--use_classifier", *size["bench"]]
     runs = [(f"bench_{mode}", ["--compile", mode], 200 if mode == "step" else 120) for mode in modes]
     runs.append((f"bench_off_b{size['big_batch']}", ["--batch_size", str(size["big_batch"])], 120))
     for name, flags, limit_s in runs:
@@ -149,13 +149,15 @@ def largest_batch(size: dict, device, limit_s: float) -> dict:
 
     import train
     from losses import AutoencoderLoss
-    from model import ConvLSTMAutoencoder, ModelConfig
+    from model import ConvLSTMAutoencoder, config_from_args
 
     tiny = dict(cnn_channels=(4, 8, 8), encoder_hidden_dim=8, encoder_layers=1, decoder_hidden_dim=8,
                 decoder_layers=1, classifier_hidden=(16, 8)) if size["device"] == "cpu" else {}
-    model = ConvLSTMAutoencoder(ModelConfig(image_size=size["image_size"], **tiny)).to(device)
+    flags = train.get_args_parser().parse_args(["--use_classifier"])  # train.py's loss, classifier on
+    config = config_from_args(flags, dict(image_size=size["image_size"], **tiny))
+    model = ConvLSTMAutoencoder(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    scaler, loss_fn = torch.amp.GradScaler(device.type, enabled=False), AutoencoderLoss(cls_weight=1.0)
+    scaler, loss_fn = torch.amp.GradScaler(device.type, enabled=False), AutoencoderLoss.from_args(flags, config)
     start, deadline, peak = time.perf_counter(), time.perf_counter() + limit_s, {}
 
     def fits(b: int) -> bool:
@@ -163,9 +165,9 @@ def largest_batch(size: dict, device, limit_s: float) -> dict:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            video = torch.rand(b, size["seq_len"], 1, size["image_size"], size["image_size"], device=device)
-            labels = torch.zeros(b, dtype=torch.long, device=device)
-            train.train_step(model, video, labels, loss_fn, optimizer, scaler, torch.bfloat16, 1.0)
+            batch = {"video": torch.rand(b, size["seq_len"], 1, size["image_size"], size["image_size"], device=device),
+                     "label": torch.zeros(b, dtype=torch.long, device=device)}
+            train.train_step(model, batch, loss_fn, optimizer, scaler, torch.bfloat16, flags.grad_clip)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 peak[b] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -173,7 +175,7 @@ def largest_batch(size: dict, device, limit_s: float) -> dict:
         except torch.cuda.OutOfMemoryError:
             return False
         finally:
-            video = labels = None
+            batch = None
             optimizer.zero_grad(set_to_none=True)
             gc.collect()
 

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cli import write_bytes  # noqa: E402
+from cli import LOSS_PARTS, write_bytes  # noqa: E402
 
 LABEL_COLORS = {0: "tab:orange", 1: "tab:blue"}  # empty well, embryo; unknown labels are grey
 
@@ -214,21 +214,40 @@ def tensorboard_writer(log_dir: Path):
     return SummaryWriter(str(log_dir / "tensorboard"))
 
 
+def curve_titles(history: list[dict]) -> dict[str, str]:
+    """The panels of the training curves, {log key: title}: the total, then each loss part (cli.LOSS_PARTS) that is
+    ever positive in training or validation."""
+    def positive(key):
+        return any(e.get(k) is not None and e[k] > 0 for e in history for k in (key, "val_" + key))
+
+    return {"total": "total", **{p.name: p.title or p.name for p in LOSS_PARTS if positive(p.name)}}
+
+
+def log_to_tensorboard(writer, entry: dict, image: np.ndarray, epoch: int) -> None:
+    """An epoch's log entry (its float values) and reconstruction image to a SummaryWriter (None: nothing)."""
+    if writer is None:
+        return
+    for key, value in entry.items():
+        if isinstance(value, float):
+            writer.add_scalar(key, value, epoch)
+    writer.add_image("reconstruction (input above)", image[None], epoch)
+    writer.flush()
+
+
 def plot_training_curves(history: list[dict], path: Path) -> None:
-    """Per-epoch train and validation losses (log scale) from training_log.json entries: the total, then each part
-    that is ever positive."""
+    """Per-epoch train and validation losses (log scale) from training_log.json entries: one panel per
+    curve_titles."""
     epochs = [e["epoch"] for e in history]
 
     def series(key):
         return [e[key] if e.get(key) is not None and e[key] > 0 else np.nan for e in history]
 
-    parts = [p for p in ("total", "l1", "ms_ssim", "smooth", "classification", "prediction")
-             if p == "total" or np.isfinite(series(p) + series("val_" + p)).any()]
-    fig, axes = plt.subplots(1, len(parts), figsize=(3.2 * len(parts), 3), squeeze=False)
-    for ax, part in zip(axes[0], parts, strict=True):
+    titles = curve_titles(history)
+    fig, axes = plt.subplots(1, len(titles), figsize=(3.2 * len(titles), 3), squeeze=False)
+    for ax, (part, title) in zip(axes[0], titles.items(), strict=True):
         for prefix, style in (("", "o-"), ("val_", "s--")):
             ax.plot(epochs, series(prefix + part), style, markersize=3, label="val" if prefix else "train")
-        ax.set(title="1 - MS-SSIM" if part == "ms_ssim" else part, xlabel="epoch")
+        ax.set(title=title, xlabel="epoch")
         if np.isfinite(series(part) + series("val_" + part)).any():
             ax.set_yscale("log")
         ax.legend(fontsize=7)
@@ -269,7 +288,7 @@ def plot_probes(probes: dict, path: Path) -> None:
         ax.axhline(0, color="k", lw=0.6)
         ax.set_ylabel({"r2": "$R^2$"}.get(metric, metric.replace("_", " ")))
         margin = probe["margin_over_pixels"]
-        ax.set_title(f"{name} probe ({probe['n_embryos']} embryos, grouped folds)\ntrained - pixels: "
+        ax.set_title(f"{name} probe ({probe['n_embryos']} embryos, folds by {probe['grouped_by']})\ntrained - pixels: "
                      + ("missing" if margin is None else f"{margin:+.3f}"), fontsize=9)
     if not present:
         axes[0, 0].text(0.5, 0.5, "no probe: no phases and fewer than two trajectories", ha="center")

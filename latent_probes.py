@@ -8,6 +8,8 @@ as a string is missing, the string saying why. No torch; analyze_latents.py gath
 """
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -21,7 +23,7 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -85,26 +87,6 @@ def _fit_predict_proba(x_train, y_train, x_test, classes: np.ndarray, seed: int,
     return probs
 
 
-def grouped_cv_probabilities(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_splits: int = 5,
-                             seed: int = 0) -> tuple[np.ndarray, int]:
-    """Out-of-fold probabilities (N, n_classes) of a logistic regression, folds grouped (and stratified) by group.
-
-    Returns (probs, folds used). Needs at least two groups.
-    """
-    classes = np.arange(int(y.max()) + 1)
-    n_groups = len(np.unique(groups))
-    if n_groups < 2:
-        raise InputError("cross-validation needs at least two patients/groups")
-    folds = min(n_splits, n_groups)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    probs = np.zeros((len(y), len(classes)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # small classes per fold warn in StratifiedGroupKFold
-        for train, test in splitter.split(x, y, groups):
-            probs[test] = _fit_predict_proba(x[train], y[train], x[test], classes, seed)
-    return probs, folds
-
-
 def ordered_phases(names) -> list[str]:
     """Distinct phase names, known ones in developmental order, then unknown ones sorted; '' dropped."""
     present = {str(n) for n in names} - {""}
@@ -146,7 +128,7 @@ def _probe(features: dict, y: np.ndarray, groups: np.ndarray, folds: list, fit_p
     score(y, pred) returns a dict holding `metric`, the headline. Pixels are PCA-reduced to the latents' width.
     """
     width = features["trained"].shape[1]
-    result = {"n_frames": int(len(y)), "n_embryos": int(len(np.unique(groups))), "folds": len(folds),
+    result = {"n_frames": int(len(y)), "n_groups": int(len(np.unique(groups))), "folds": len(folds),
               "metric": metric}
     predictors = {name: features.get(name, "not given") for name in FEATURE_SETS}
     predictors[BASELINE] = None
@@ -169,13 +151,13 @@ def _probe(features: dict, y: np.ndarray, groups: np.ndarray, folds: list, fit_p
     return result
 
 
-def phase_probe(features: dict, phases: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 0) -> dict:
-    """Logistic regression features (N, d) -> developmental phase for every feature set, folds grouped by embryo;
-    balanced accuracy (the headline), accuracy and confusion matrix."""
-    phases = np.asarray(phases).astype(str)
-    classes = np.array(ordered_phases(phases))
-    index = {phase: i for i, phase in enumerate(classes)}
-    y = np.array([index[p] for p in phases], dtype=np.int64)
+def classification_probe(features: dict, y: np.ndarray, groups: np.ndarray, classes: list, n_splits: int = 5,
+                         seed: int = 0) -> dict:
+    """Logistic regression features (N, d) -> the class of each item (its name in `classes`, in their order) for
+    every feature set, folds grouped by `groups`; balanced accuracy (the headline), accuracy and confusion matrix."""
+    classes = np.array(classes)
+    index = {value: i for i, value in enumerate(classes.tolist())}
+    y = np.array([index[v] for v in np.asarray(y).tolist()], dtype=np.int64)
     labels = list(range(len(classes)))
 
     def fit_predict(x_train, y_train, x_test, width, groups_train):
@@ -188,10 +170,21 @@ def phase_probe(features: dict, phases: np.ndarray, groups: np.ndarray, n_splits
                     "accuracy": float(accuracy_score(y_true, pred)),
                     "confusion_matrix": confusion_matrix(y_true, pred, labels=labels).tolist()}
 
-    result = _probe(features, y, groups, _grouped_folds(groups, n_splits, "phase"), fit_predict,
+    result = _probe(features, y, groups, _grouped_folds(groups, n_splits, "classification"), fit_predict,
                     lambda y_train, n: np.full(n, np.bincount(y_train, minlength=len(classes)).argmax()), score,
                     "balanced_accuracy")
     return {"classes": classes.tolist(), **result}
+
+
+def phase_probe(features: dict, phases: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 0) -> dict:
+    """classification_probe of each frame's developmental phase, the phases in developmental order."""
+    phases = np.asarray(phases).astype(str)
+    return classification_probe(features, phases, groups, ordered_phases(phases), n_splits, seed)
+
+
+def label_probe(features: dict, labels: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 0) -> dict:
+    """classification_probe of each recording's label (0 empty well, 1 embryo, ...)."""
+    return classification_probe(features, labels, groups, sorted(set(np.asarray(labels).tolist())), n_splits, seed)
 
 
 def hours_probe(features: dict, hours: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 0) -> dict:
@@ -220,3 +213,59 @@ def legacy_phase_probe(phase: dict | None) -> dict | None:
         return None
     return {**{k: phase[k] for k in ("n_frames", "n_embryos", "folds", "classes")}, **phase["trained"],
             "majority_baseline_accuracy": phase["majority"]["accuracy"]}
+
+
+def phase_target(traj: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's phase name, for the frames annotated with one."""
+    phase = traj["phase"] if len(traj["phase"]) else np.full(len(traj["z"]), "")
+    return phase, phase != ""
+
+
+def is_empty_well(traj: dict) -> bool:
+    """Labelled 0: an empty well, with no development to time."""
+    return str(traj["meta"].get("label")) in ("0", "0.0")
+
+
+def hours_target(traj: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Time since the first frame (elapsed), for every frame of a well not labelled empty."""
+    values, _ = elapsed(traj)
+    return values, np.full(len(values), not is_empty_well(traj))
+
+
+def hours_unit(trajectories: list[dict]) -> str:
+    """The unit(s) of the hours probe's target over these trajectories."""
+    return " and ".join(sorted({elapsed(t)[1] for t in trajectories}))
+
+
+def label_target(traj: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The recording's label (one value), where known (>= 0)."""
+    try:
+        label = int(float(traj["meta"].get("label")))
+    except (TypeError, ValueError):
+        label = -1
+    return np.array([label]), np.array([label >= 0])
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One probe of the latents, reported beside its controls. analyze_latents.py gathers its data, summary.json
+    holds its result under `name`, probes.png draws it and demo_report.py prints it: each loops over PROBES."""
+
+    name: str
+    target: str  # what it predicts, as summary.json says it
+    metric: str  # the headline score, a key of each feature set's result
+    level: str  # "frame": every frame one sample, folds grouped by embryo; "embryo": each trajectory's time-mean,
+    # folds grouped by patient
+    values: Callable[[dict], tuple[np.ndarray, np.ndarray]]  # trajectory -> (targets, which of them to use)
+    run: Callable[..., dict]  # (features, y, groups, n_splits, seed) -> the result
+    unit: Callable[[list[dict]], str] | None = None  # the trajectories used -> the target's unit
+
+
+PROBES = (
+    ProbeSpec("phase", "developmental phase of each annotated frame", "balanced_accuracy", "frame", phase_target,
+              phase_probe),
+    ProbeSpec("hours", "time since the trajectory's first frame", "r2", "frame", hours_target, hours_probe,
+              hours_unit),
+    ProbeSpec("label", "the recording's label (0 empty well, 1 embryo) from the time-mean of its latents",
+              "balanced_accuracy", "embryo", label_target, label_probe),
+)

@@ -1,9 +1,16 @@
-"""Training loss: L1 + (1 - MS-SSIM) reconstruction, latent temporal smoothness, classification."""
+"""The training loss: one function per part of cli.LOSS_PARTS (L1 and 1 - MS-SSIM of the reconstruction, latent
+temporal smoothness, classification, the next-frame guess), and AutoencoderLoss, which weighs them as the table
+says. A part is a function (output, batch, weights) -> scalar tensor, registered under its name by @loss_part.
+"""
 
+from collections.abc import Callable
+
+import pytorch_msssim
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pytorch_msssim import ms_ssim, ssim
+
+from cli import LOSS_PARTS, LOSS_WEIGHT_FLAGS
 
 # pytorch_msssim asserts min(H, W) > (win_size - 1) * 16 for MS-SSIM whatever the number of
 # scales, so its default 11-px window needs more than 160 px. We take the largest odd window up to
@@ -12,9 +19,6 @@ from pytorch_msssim import ms_ssim, ssim
 # of at most 7 px (the tiny configurations of the tests).
 MAX_WIN_SIZE = 11
 MS_SSIM_SCALES_DOWNSAMPLING = 16
-# The parts AutoencoderLoss returns, in the order logs and checkpoints list them (`ms_ssim` is 1 - MS-SSIM).
-# `prediction` (last, so that older runs' sums line up) is the reconstruction loss of the guessed next frames.
-LOSS_KEYS = ("total", "reconstruction", "l1", "ms_ssim", "smooth", "classification", "prediction")
 
 
 def ssim_window(image_side: int) -> tuple[int, bool]:
@@ -52,10 +56,15 @@ def ms_ssim_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Te
         win_size, multiscale = ssim_window(min(x.shape[-2:]))
         win = gaussian_window(win_size, x.shape[1], x.device)
         if multiscale:
-            score = ms_ssim(x, y, data_range=1.0, size_average=True, win=win)
+            score = pytorch_msssim.ms_ssim(x, y, data_range=1.0, size_average=True, win=win)
         else:
-            score = ssim(x, y, data_range=1.0, size_average=True, win=win)
+            score = pytorch_msssim.ssim(x, y, data_range=1.0, size_average=True, win=win)
         return 1.0 - score
+
+
+def frame_loss(frames: torch.Tensor, target: torch.Tensor, weights: dict[str, float]) -> torch.Tensor:
+    """The reconstruction parts' weighted sum for other frames: l1 x L1 + ms_ssim x (1 - MS-SSIM)."""
+    return weights["l1"] * F.l1_loss(frames, target) + weights["ms_ssim"] * ms_ssim_loss(frames, target)
 
 
 def smoothness_loss(z_seq: torch.Tensor) -> torch.Tensor:
@@ -81,67 +90,78 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> to
     return (per_clip * known).sum() / known.sum().clamp(min=1)
 
 
-def add_loss_args(group):
-    """The objective's flags (train.py)."""
-    group.add_argument("--l1_weight", type=float, default=0.5, help="weight of the L1 loss (default: %(default)s)")
-    group.add_argument("--ms_ssim_weight", type=float, default=0.5, help="weight of 1 - MS-SSIM (default: %(default)s)")
-    group.add_argument("--smooth_weight", type=float, default=0.1,
-                       help="weight of the latent temporal smoothness loss (default: %(default)s)")
-    group.add_argument("--cls_weight", type=float, default=0.1,
-                       help="weight of the classification loss on labelled clips; used only with "
-                            "--use_classifier (default: %(default)s)")
-    group.add_argument("--predict_weight", type=float, default=0.5,
-                       help="weight of the next-frame guess's loss (L1 and 1 - MS-SSIM weighted as for the "
-                            "reconstruction); used only with --predict_next (default: %(default)s)")
-    group.add_argument("--mask_ratio", type=float, default=0.0,
-                       help="blank this fraction of each training clip's frames (never the first) in the input; the "
-                            "loss still asks for every frame, so the recurrent state must carry it "
-                            "(default: %(default)s)")
+PARTS: dict[str, Callable[[dict, dict, dict], torch.Tensor]] = {}  # part name -> its function
+
+
+def loss_part(fn):
+    """Register fn as the loss part of cli.LOSS_PARTS named fn.__name__."""
+    PARTS[fn.__name__] = fn
+    return fn
+
+
+@loss_part
+def l1(output, batch, weights):
+    """Mean absolute error of the reconstruction (B, T, C, H, W) against the clip."""
+    return F.l1_loss(output["reconstruction"].float(), batch["video"].float())
+
+
+@loss_part
+def ms_ssim(output, batch, weights):
+    """1 - MS-SSIM of the reconstruction against the clip."""
+    return ms_ssim_loss(output["reconstruction"].float(), batch["video"].float())
+
+
+@loss_part
+def smooth(output, batch, weights):
+    """Mean squared step between consecutive latents of z_seq."""
+    return smoothness_loss(output["z_seq"])
+
+
+@loss_part
+def classification(output, batch, weights):
+    """Cross-entropy of the classifier's logits on the labelled clips; 0 without a classifier."""
+    if "logits" not in output:
+        return torch.zeros((), device=batch["video"].device)
+    return classification_loss(output["logits"], batch.get("label"))
+
+
+@loss_part
+def prediction(output, batch, weights):
+    """The reconstruction loss of frames 2..T guessed from the latents of 1..T-1; 0 without the predictor."""
+    if "prediction" not in output:
+        return torch.zeros((), device=batch["video"].device)
+    return frame_loss(output["prediction"].float(), batch["video"].float()[:, 1:], weights)  # (B, T-1, C, H, W)
 
 
 class AutoencoderLoss(nn.Module):
-    """total = l1_weight*L1 + ms_ssim_weight*(1 - MS-SSIM) + smooth_weight*smooth + cls_weight*CE
-    + predict_weight*prediction, where prediction is the first two terms for the guessed next frames.
+    """total = the sum over cli.LOSS_PARTS of weight x part: by default 0.5 L1 + 0.5 (1 - MS-SSIM) + 0.1 smooth
+    (+ cls_weight CE + predict_weight prediction, where prediction is the first two terms for the guessed next
+    frames). Keyword arguments are the parts' weight flags (`cls_weight=1.0`); a part that needs a model switch
+    (cli.LossPart.needs) weighs 0 unless given.
 
-    Returns every part unweighted (plus `reconstruction` and `total`) as scalar fp32 tensors.
+    forward(output, batch) returns every part unweighted, `reconstruction` and `total`, as scalar fp32 tensors.
     """
 
-    def __init__(self, l1_weight: float = 0.5, ms_ssim_weight: float = 0.5, smooth_weight: float = 0.1,
-                 cls_weight: float = 0.0, predict_weight: float = 0.0):
+    def __init__(self, **weights: float):
         super().__init__()
-        self.l1_weight = l1_weight
-        self.ms_ssim_weight = ms_ssim_weight
-        self.smooth_weight = smooth_weight
-        self.cls_weight = cls_weight
-        self.predict_weight = predict_weight
+        unknown = set(weights) - set(LOSS_WEIGHT_FLAGS)
+        if unknown:
+            raise TypeError(f"unknown loss weights {sorted(unknown)}; the parts' weights are {LOSS_WEIGHT_FLAGS}")
+        self.weights = {part.name: float(weights.get(part.flag, 0.0 if part.needs else part.default))
+                        for part in LOSS_PARTS}
 
     @classmethod
-    def from_args(cls, args) -> "AutoencoderLoss":
-        """The loss of add_loss_args' flags; no classification term without --use_classifier, no prediction term
-        without --predict_next."""
-        return cls(args.l1_weight, args.ms_ssim_weight, args.smooth_weight,
-                   args.cls_weight if args.use_classifier else 0.0,
-                   args.predict_weight if args.predict_next else 0.0)
+    def from_args(cls, args, config) -> "AutoencoderLoss":
+        """The loss of the weight flags (cli.add_loss_args); a part whose switch (a ModelConfig field) is off
+        in config weighs 0."""
+        return cls(**{part.flag: getattr(args, part.flag) if part.needs is None or getattr(config, part.needs)
+                      else 0.0 for part in LOSS_PARTS})
 
-    def forward(self, output: dict[str, torch.Tensor], target: torch.Tensor,
-                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        reconstruction = output["reconstruction"].float()  # (B, T, C, H, W)
-        target = target.float()  # (B, T, C, H, W)
-        l1 = F.l1_loss(reconstruction, target)
-        ms_ssim_part = ms_ssim_loss(reconstruction, target)
-        smooth = smoothness_loss(output["z_seq"])
-        if "logits" in output:
-            classification = classification_loss(output["logits"], labels)
-        else:
-            classification = torch.zeros((), device=target.device)
-        recon = self.l1_weight * l1 + self.ms_ssim_weight * ms_ssim_part
-        if "prediction" in output:  # frames 2..T guessed from the latents of 1..T-1
-            guess, following = output["prediction"].float(), target[:, 1:]  # (B, T-1, C, H, W)
-            prediction = (self.l1_weight * F.l1_loss(guess, following)
-                          + self.ms_ssim_weight * ms_ssim_loss(guess, following))
-        else:
-            prediction = torch.zeros((), device=target.device)
-        total = (recon + self.smooth_weight * smooth + self.cls_weight * classification
-                 + self.predict_weight * prediction)
-        return {"total": total, "reconstruction": recon, "l1": l1, "ms_ssim": ms_ssim_part,
-                "smooth": smooth, "classification": classification, "prediction": prediction}
+    def forward(self, output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        parts = {name: PARTS[name](output, batch, self.weights) for name in self.weights}
+        reconstruction = sum(self.weights[p.name] * parts[p.name] for p in LOSS_PARTS if p.reconstruction)
+        total = reconstruction
+        for part in LOSS_PARTS:
+            if not part.reconstruction:
+                total = total + self.weights[part.name] * parts[part.name]
+        return {"total": total, "reconstruction": reconstruction, **parts}

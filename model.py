@@ -179,6 +179,14 @@ class ConvLSTMAutoencoder(nn.Module):
         return output
 
 
+@torch.no_grad()
+def reconstruct(model: ConvLSTMAutoencoder, clip: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """The model's reconstruction of one clip (T, C, H, W) in eval mode, under autocast: (T, C, H, W) fp32."""
+    model.eval()
+    with torch.autocast(clip.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        return model(clip[None])["reconstruction"][0].float()  # (T, C, H, W)
+
+
 def mask_frames(video: torch.Tensor, ratio: float) -> torch.Tensor:
     """Training input with a random `ratio` of each clip's frames blanked (set to 0), never the first frame:
     the loss still asks for every frame, so the latent of a blanked frame must come from the recurrent state."""
@@ -188,14 +196,21 @@ def mask_frames(video: torch.Tensor, ratio: float) -> torch.Tensor:
     return video.masked_fill(hidden[:, :, None, None, None], 0.0)  # (B, T, C, H, W)
 
 
-def forward_loss(model: nn.Module, loss_fn: nn.Module, inputs: torch.Tensor, video: torch.Tensor,
-                 labels: torch.Tensor | None, amp_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    """The forward half of a training step: model(inputs) under autocast (amp_dtype None = fp32), then loss_fn
-    (which computes in fp32) against video, the frames the inputs were made from (the same tensor unless frames
-    were masked). What `--compile step` compiles as one graph."""
+def forward_loss(model: nn.Module, loss_fn: nn.Module, batch: dict[str, torch.Tensor],
+                 amp_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The one path from a batch to the loss parts (training, validation, verify, bench, the GPU check):
+    model(batch["input"], or batch["video"] when no frames were masked) under autocast (amp_dtype None = fp32),
+    then loss_fn(output, batch) in fp32 against the clip. batch holds tensors only (on the model's device).
+    What `--compile step` compiles as one graph."""
+    video = batch["video"]  # (B, T, C, H, W)
     with torch.autocast(video.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        output = model(inputs)  # reconstruction (B, T, 1, H, W), z_seq, z_last[, logits]
-    return loss_fn(output, video, labels)
+        output = model(batch.get("input", video))  # reconstruction (B, T, 1, H, W), z_seq, z_last[, logits]
+    return loss_fn(output, batch)
+
+
+def to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """The tensors of a loader's batch on the device (names, phase strings and other fields stay behind)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 
 def training_forward(model: nn.Module, how: str, device: torch.device) -> Callable[..., dict[str, torch.Tensor]]:
@@ -219,22 +234,25 @@ def training_forward(model: nn.Module, how: str, device: torch.device) -> Callab
     return replay
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Model-size flags shared by train.py, verify_data_connection.py and bench.py."""
+def add_model_args(parser: argparse.ArgumentParser, sizes: bool = True) -> argparse.ArgumentParser:
+    """Model flags shared by train.py, verify_data_connection.py and bench.py; sizes=False (bench.py, whose presets
+    give the sizes) leaves out the size flags and keeps the switches of parts and objectives."""
     default = ModelConfig()
     group = parser.add_argument_group("model")
-    group.add_argument("--image_size", type=int, default=default.image_size,
-                       help=f"frame size in pixels, a multiple of 8 (default: {default.image_size})")
-    group.add_argument("--encoder_hidden_dim", type=int, default=default.encoder_hidden_dim,
-                       help=f"channels of the encoder ConvLSTM, i.e. of z_seq (default: {default.encoder_hidden_dim})")
-    group.add_argument("--encoder_layers", type=int, default=default.encoder_layers,
-                       help=f"encoder ConvLSTM layers (default: {default.encoder_layers})")
-    group.add_argument("--decoder_hidden_dim", type=int, default=default.decoder_hidden_dim,
-                       help=f"channels of the decoder ConvLSTM (default: {default.decoder_hidden_dim})")
-    group.add_argument("--decoder_layers", type=int, default=default.decoder_layers,
-                       help=f"decoder ConvLSTM layers (default: {default.decoder_layers})")
-    group.add_argument("--kernel_size", type=int, default=default.kernel_size,
-                       help=f"odd ConvLSTM kernel size (default: {default.kernel_size})")
+    if sizes:
+        group.add_argument("--image_size", type=int, default=default.image_size,
+                           help=f"frame size in pixels, a multiple of 8 (default: {default.image_size})")
+        group.add_argument("--encoder_hidden_dim", type=int, default=default.encoder_hidden_dim,
+                           help=f"channels of the encoder ConvLSTM, i.e. of z_seq (default: "
+                                f"{default.encoder_hidden_dim})")
+        group.add_argument("--encoder_layers", type=int, default=default.encoder_layers,
+                           help=f"encoder ConvLSTM layers (default: {default.encoder_layers})")
+        group.add_argument("--decoder_hidden_dim", type=int, default=default.decoder_hidden_dim,
+                           help=f"channels of the decoder ConvLSTM (default: {default.decoder_hidden_dim})")
+        group.add_argument("--decoder_layers", type=int, default=default.decoder_layers,
+                           help=f"decoder ConvLSTM layers (default: {default.decoder_layers})")
+        group.add_argument("--kernel_size", type=int, default=default.kernel_size,
+                           help=f"odd ConvLSTM kernel size (default: {default.kernel_size})")
     group.add_argument("--peephole", action="store_true",
                        help="add peephole connections to the ConvLSTM cells (default: off)")
     group.add_argument("--upsample", type=str, default=default.upsample, choices=UPSAMPLINGS,
@@ -250,8 +268,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> ModelConfig:
-    """ModelConfig from the flags of add_model_args; the CNN widths scale with the encoder width."""
+def config_from_args(args: argparse.Namespace, sizes: dict | None = None) -> ModelConfig:
+    """ModelConfig from the flags of add_model_args; the CNN widths scale with the encoder width. With sizes
+    (ModelConfig fields: bench.py's presets) the sizes come from there and only the switches from the flags."""
+    switches = dict(use_classifier=args.use_classifier, num_classes=args.num_classes, peephole=args.peephole,
+                    upsample=args.upsample, predict_next=args.predict_next)
+    if sizes is not None:
+        return ModelConfig(**{**sizes, **switches})
     width = args.encoder_hidden_dim
     return ModelConfig(
         image_size=args.image_size,
@@ -261,11 +284,7 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
         decoder_hidden_dim=args.decoder_hidden_dim,
         decoder_layers=args.decoder_layers,
         kernel_size=args.kernel_size,
-        use_classifier=args.use_classifier,
-        num_classes=args.num_classes,
-        peephole=args.peephole,
-        upsample=args.upsample,
-        predict_next=args.predict_next,
+        **switches,
     )
 
 

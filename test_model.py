@@ -43,7 +43,7 @@ def test_forward_shapes_loss_and_backward():
     assert output["z_seq"].shape == (BATCH, FRAMES, hidden, latent, latent)
     assert output["z_last"].shape == (BATCH, hidden, latent, latent)
     assert output["logits"].shape == (BATCH, config.num_classes)
-    losses = AutoencoderLoss(cls_weight=1.0)(output, x, torch.tensor([1, 0]))
+    losses = AutoencoderLoss(cls_weight=1.0)(output, {"video": x, "label": torch.tensor([1, 0])})
     assert all(torch.isfinite(v) for v in losses.values())
     losses["total"].backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -55,7 +55,7 @@ def test_batch_sizes():
     for batch in (1, 2, 4):
         x = torch.rand(batch, 4, 1, 128, 128)
         model.zero_grad()
-        losses = loss_fn(model(x), x, torch.ones(batch, dtype=torch.long))
+        losses = loss_fn(model(x), {"video": x, "label": torch.ones(batch, dtype=torch.long)})
         losses["total"].backward()
         assert torch.isfinite(losses["total"]), batch
 

@@ -3,13 +3,10 @@
     python train.py --index_csv data/index.csv --num_epochs 50
     torchrun --standalone --nproc_per_node 4 train.py --index_csv data/index.csv
 
-Running the same command again continues from save_dir/last.pt (flags that would change the run's meaning
-are refused, see checkpoint.RESUME_FLAGS). Exit codes (cli.py): 0 done; 2 bad arguments or input, a save_dir
-in use or holding another run's files (one line, nothing written); 3 non-finite loss or weights (never saved:
-the last good checkpoint is kept); 74 an OS error while writing (the previous files intact); 85 stopped by
-SIGTERM or SIGUSR1, setup included, after writing last.pt (HTCondor's checkpoint_exit_code).
-On the CPU with a fixed seed, a run killed at any point and resumed ends with the same weights,
-bit for bit, as an uninterrupted run; on CUDA, cuDNN algorithm choice makes runs close, not equal.
+Running the same command again continues from save_dir/last.pt (checkpoint.RESUME_FLAGS: what a rerun may
+change). Exit codes: cli.py's table (DESIGN.md); a stop signal saves last.pt first, at any point (85). On the CPU
+with a fixed seed, a run killed at any point and resumed ends with the same weights, bit for bit, as an
+uninterrupted run; on CUDA, cuDNN algorithm choice makes runs close, not equal.
 """
 
 import argparse
@@ -25,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -36,8 +32,9 @@ import checkpoint as ckpt
 import cli
 import dataset_ivf
 import model as model_lib
-from latent_figures import plot_training_curves, tensorboard_writer, write_reconstruction_strip
-from losses import LOSS_KEYS, AutoencoderLoss, add_loss_args
+from cli import LOSS_KEYS
+from latent_figures import log_to_tensorboard, plot_training_curves, tensorboard_writer, write_reconstruction_strip
+from losses import AutoencoderLoss
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -54,7 +51,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "--clips_per_recording clips per recording, and the run plan line gives it in steps "
                         "(default: %(default)s)")
     g.add_argument("--grad_clip", type=float, default=1.0, help="gradient-norm clip, 0 = off (default: %(default)s)")
-    add_loss_args(g)
+    g.add_argument("--mask_ratio", type=float, default=0.0,
+                   help="blank this fraction of each training clip's frames (never the first) in the input; the "
+                        "loss still asks for every frame, so the recurrent state must carry it (default: %(default)s)")
+    cli.add_loss_args(g)
     ckpt.add_checkpoint_args(g)
     cli.add_seed_arg(g)
     cli.add_device_args(g, compile=True)
@@ -81,9 +81,6 @@ class Run:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
-
     def stop_requested(self) -> bool:
         """True when any rank got a stop signal; every rank reaches the same answer."""
         if self.world_size == 1:
@@ -98,7 +95,7 @@ class EpochProgress:
     """Position inside an epoch, saved with a mid-epoch last.pt so a resumed epoch logs the same."""
 
     step: int
-    sums: torch.Tensor  # (len(LOSS_KEYS),) running sums of the per-step losses
+    sums: torch.Tensor  # (len(LOSS_KEYS),) running sums of the per-step losses, in LOSS_KEYS order
     clips: int = 0
     time_s: float = 0.0
 
@@ -118,8 +115,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    sampler: dataset_ivf.ResumableSampler
-    train_loader: DataLoader
+    train_loader: DataLoader  # its sampler: a dataset_ivf.ResumableSampler
     val_loader: DataLoader | None
     start_epoch: int = 0
     best: float = math.inf
@@ -129,28 +125,45 @@ class Trainer:
     forward: Callable = model_lib.forward_loss  # model and loss of a step; compiled with --compile step
 
 
-def check_args(args):
-    """Flag values that argparse cannot check; raises cli.InputError."""
-    weights = ("weight_decay", "grad_clip", "l1_weight", "ms_ssim_weight", "smooth_weight", "cls_weight",
-               "predict_weight")
+def check_args(args, writes: bool = True):
+    """Flag values that argparse cannot check (train.py, and verify_data_connection.py with writes=False: it writes
+    no checkpoint or log); raises cli.InputError."""
+    weights = ("weight_decay", "grad_clip", *cli.LOSS_WEIGHT_FLAGS)
     finite = ("learning_rate", "val_fraction", "warmup_epochs", "mask_ratio", *weights)
     cli.check_numbers(args, finite=finite, at_least={
         **dict.fromkeys(("batch_size", "num_epochs", "save_every", "log_every", "seq_len"), 1),
         **dict.fromkeys(("warmup_epochs", "num_workers", "keep_checkpoints", *weights), 0)})
+    cli.check_seed(args.seed)
     if not 0 <= args.mask_ratio < 1:
         raise cli.InputError(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}")
     if args.predict_next and args.seq_len < 2:  # nothing to guess: the predictor would get no gradient
         raise cli.InputError(f"--predict_next guesses each next frame: needs --seq_len 2 or more, got {args.seq_len}")
     if not args.learning_rate > 0:
         raise cli.InputError(f"--learning_rate must be > 0, got {args.learning_rate}")
-    cli.check_writable("--save_dir", args.save_dir)
-    cli.check_writable("--log_dir", args.log_dir)
+    if writes:
+        cli.check_writable("--save_dir", args.save_dir)
+        cli.check_writable("--log_dir", args.log_dir)
+
+
+def prepare(args, run: "Run", writes: bool = True) -> tuple[model_lib.ModelConfig, dataset_ivf.DataConfig]:
+    """The checks before a run writes anything (train.py; verify_data_connection.py with writes=False): the flags,
+    the model and data configs, the device and its autocast dtype (set on run); raises cli.InputError."""
+    check_args(args, writes)
+    config, data_config = model_lib.config_from_args(args), dataset_ivf.DataConfig.from_args(args)
+    if run.device.type == "cuda":
+        run.device = torch.device("cuda", run.local_rank)
+    run.amp_dtype = cli.resolve_amp_dtype(args.amp, run.device)
+    return config, data_config
+
+
+def load_datasets(args, data_config: dataset_ivf.DataConfig, stop=None) -> tuple:
+    """The train and val datasets of index.csv, their labels checked against --num_classes with the classifier."""
+    num_classes = args.num_classes if args.use_classifier else None
+    return dataset_ivf.train_val_datasets(args.index_csv, data_config, stop, num_classes)
 
 
 def lr_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up, then cosine decay to 0 at the last step."""
-    total_steps = max(total_steps, 1)
-
     def factor(step):
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -170,15 +183,10 @@ def set_up(args, run: Run, config, data_config, train_ds, val_ds) -> Trainer:
     if run.world_size > 1:
         model = DistributedDataParallel(raw_model, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
     forward = model_lib.training_forward(raw_model, args.compile, run.device)
-    loss_fn = AutoencoderLoss.from_args(args).to(run.device)
-    loader_kw = dict(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=run.device.type == "cuda",
-                     persistent_workers=args.num_workers > 0, worker_init_fn=dataset_ivf.leave_process_group,
-                     generator=torch.Generator().manual_seed(args.seed))
-    sampler = dataset_ivf.ResumableSampler(train_ds, run.world_size, run.rank, args.seed)
-    static = args.compile == "step"  # full batches only: one compiled graph (a short last batch is dropped)
-    train_loader = DataLoader(train_ds, sampler=sampler, drop_last=static, **loader_kw)
-    val_loader = DataLoader(val_ds, sampler=list(range(run.rank, len(val_ds), run.world_size)), **loader_kw) \
-        if val_ds is not None else None
+    loss_fn = AutoencoderLoss.from_args(args, config).to(run.device)
+    train_loader, val_loader = dataset_ivf.make_loaders(  # --compile step: full batches, one graph
+        train_ds, val_ds, args.batch_size, args.num_workers, run.world_size, run.rank, args.seed,
+        pin_memory=run.device.type == "cuda", drop_last=args.compile == "step")
     run.steps_per_epoch = len(train_loader)  # batches of a whole epoch (sampler.skip is 0 here)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
                                   fused=True)  # one kernel for all parameters (CPU and CUDA)
@@ -186,24 +194,16 @@ def set_up(args, run: Run, config, data_config, train_ds, val_ds) -> Trainer:
     scheduler = lr_schedule(optimizer, run.warmup_steps, args.num_epochs * run.steps_per_epoch)
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
     return Trainer(run, config, data_config, train_ds, val_ds, raw_model, model, loss_fn, optimizer, scheduler,
-                   scaler, sampler, train_loader, val_loader, history=[], forward=forward,
+                   scaler, train_loader, val_loader, history=[], forward=forward,
                    writer=tensorboard_writer(Path(args.log_dir)) if run.is_main else None)
 
 
 def resume(t: Trainer, checkpoint: dict, path: Path, notes: list[str]):
     """Load weights, optimizer, schedule, scaler and RNG states; keep the log entries up to that epoch."""
     run = t.run
-    ckpt.restore(checkpoint, t.raw_model, t.optimizer, t.scheduler, t.scaler)
+    t.partial = ckpt.restore(checkpoint, t.raw_model, t.optimizer, t.scheduler, t.scaler, run.rank, run.world_size,
+                             run.device)
     t.start_epoch, t.best = checkpoint["epoch"], checkpoint["best_val_loss"]
-    t.partial = checkpoint.get("partial_epoch")
-    states = checkpoint["rng_state"]
-    if len(states) == run.world_size:
-        ckpt.set_rng_state(states[run.rank], run.device)
-    elif t.partial is not None:  # another number of processes: the saved position no longer applies
-        if run.is_main:
-            print(f"Checkpoint written by {len(states)} processes, now {run.world_size}: epoch "
-                  f"{t.start_epoch + 1} restarts from its first step", flush=True)
-        t.partial = None
     if run.is_main:  # only rank 0 writes the log
         t.history = ckpt.load_history(run.args.log_dir, checkpoint)
         where = f"epoch {t.start_epoch}" + (f", step {t.partial['step']}" if t.partial else "")
@@ -213,34 +213,15 @@ def resume(t: Trainer, checkpoint: dict, path: Path, notes: list[str]):
               flush=True)
 
 
-def save_reconstruction(raw_model, clip: torch.Tensor, path: Path, run: Run) -> np.ndarray:
-    """PNG of a clip's frames (top row) above the model's reconstruction (bottom row); returns the image."""
-    raw_model.eval()
-    with torch.no_grad(), run.autocast():
-        recon = raw_model(clip[None].to(run.device))["reconstruction"][0].float().cpu()  # (T, 1, H, W)
-    return write_reconstruction_strip(clip[:, 0].numpy(), recon[:, 0].numpy(), path)
-
-
-def check_finite(bad_step: torch.Tensor, epoch: int, run: Run):
-    """Raise cli.NonFiniteError if any rank saw a non-finite loss this epoch (bad_step >= 0)."""
-    if run.world_size > 1:
-        bad_step = bad_step.clone()
-        dist.all_reduce(bad_step, op=dist.ReduceOp.MAX)
-    step = int(bad_step.item())
-    if step >= 0:
-        raise cli.NonFiniteError(f"non-finite loss at epoch {epoch}, step {step + 1} of {run.steps_per_epoch}; "
-                            f"stopped, the last good checkpoint in {run.args.save_dir} is kept "
-                            f"(try a lower --learning_rate or --amp off)")
-
-
-def train_step(model, video, labels, loss_fn, optimizer, scaler, amp_dtype, grad_clip: float,
+def train_step(model, batch: dict, loss_fn, optimizer, scaler, amp_dtype, grad_clip: float,
                forward=model_lib.forward_loss, mask_ratio: float = 0.0) -> dict:
-    """One optimisation step: forward (model_lib.forward_loss, maybe compiled) on the clips with mask_ratio of
-    their frames blanked, the loss against every frame; scaled backward, clipping, optimizer step; no host sync
-    unless fp16's scaler checks for inf. Returns the loss parts (fp32 scalars on the device).
-    bench.py times this very function."""
-    inputs = model_lib.mask_frames(video, mask_ratio) if mask_ratio > 0 else video  # (B, T, 1, H, W)
-    parts = forward(model, loss_fn, inputs, video, labels, amp_dtype)
+    """One optimisation step on a batch dict (tensors on the device): forward (model_lib.forward_loss, maybe
+    compiled) with mask_ratio of the clips' frames blanked in the input, the loss against every frame; scaled
+    backward, clipping, optimizer step; no host sync unless fp16's scaler checks for inf. Returns the loss parts
+    (fp32 scalars on the device). bench.py times this very function."""
+    if mask_ratio > 0:
+        batch = {**batch, "input": model_lib.mask_frames(batch["video"], mask_ratio)}  # (B, T, 1, H, W)
+    parts = forward(model, loss_fn, batch, amp_dtype)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(parts["total"]).backward()
     if grad_clip > 0:
@@ -260,27 +241,26 @@ def train_one_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> bool:
                total=run.steps_per_epoch, disable=None if run.is_main else True, dynamic_ncols=True, leave=False)
     start, stop = time.perf_counter(), False
     for batch in bar:
-        video = batch["video"].to(run.device, non_blocking=True)  # (B, T, 1, H, W)
-        labels = batch["label"].to(run.device, non_blocking=True) if args.use_classifier else None
-        parts = train_step(t.model, video, labels, t.loss_fn, t.optimizer, t.scaler, run.amp_dtype, args.grad_clip,
+        batch = model_lib.to_device(batch, run.device)  # video (B, T, 1, H, W), label (B,), ...
+        parts = train_step(t.model, batch, t.loss_fn, t.optimizer, t.scaler, run.amp_dtype, args.grad_clip,
                            t.forward, args.mask_ratio)
         t.scheduler.step()
         losses = torch.stack([parts[k].detach().float() for k in LOSS_KEYS])  # stays on device: no sync
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(losses).all(), progress.step, bad_step)
         progress.sums += losses
         progress.step += 1
-        progress.clips += video.shape[0] * run.world_size
+        progress.clips += batch["video"].shape[0] * run.world_size
         log_point = progress.step % args.log_every == 0
         # one process: a flag check each step; DDP: all ranks agree at log points (no per-step host sync)
         stop = run.stop_requested() if run.world_size == 1 or log_point else False
         if stop or log_point:
-            check_finite(bad_step, epoch, run)
+            ckpt.require_finite_steps(bad_step, epoch, run.steps_per_epoch, run.world_size, args.save_dir)
             means = (progress.sums / progress.step).tolist()
             bar.set_postfix({k: f"{v:.4f}" for k, v in zip(LOSS_KEYS[:4], means[:4], strict=True)}, refresh=False)
         if stop:
             break
     bar.close()
-    check_finite(bad_step, epoch, run)
+    ckpt.require_finite_steps(bad_step, epoch, run.steps_per_epoch, run.world_size, args.save_dir)
     progress.time_s += time.perf_counter() - start
     return stop and progress.step < run.steps_per_epoch
 
@@ -295,13 +275,11 @@ def evaluate(t: Trainer) -> dict | None:
     for i, batch in enumerate(t.val_loader):
         if i < common and (run.world_size == 1 or i % args.log_every == 0) and run.stop_requested():
             return None
-        video = batch["video"].to(run.device, non_blocking=True)  # (B, T, 1, H, W)
-        labels = batch["label"].to(run.device, non_blocking=True) if run.args.use_classifier else None
-        with run.autocast():
-            output = t.raw_model(video)
-        parts = t.loss_fn(output, video, labels)
-        sums[:-1] += torch.stack([parts[k].float() for k in LOSS_KEYS]) * video.shape[0]
-        sums[-1] += video.shape[0]
+        batch = model_lib.to_device(batch, run.device)  # video (B, T, 1, H, W), label (B,), ...
+        parts = model_lib.forward_loss(t.raw_model, t.loss_fn, batch, run.amp_dtype)
+        clips = batch["video"].shape[0]
+        sums[:-1] += torch.stack([parts[k].float() for k in LOSS_KEYS]) * clips
+        sums[-1] += clips
     if run.world_size > 1:
         dist.all_reduce(sums)
     values = (sums[:-1] / sums[-1].clamp(min=1)).tolist()
@@ -322,7 +300,8 @@ def save(t: Trainer, paths: list[Path], epoch: int, losses: dict, progress: Epoc
             "epoch": epoch, "global_step": t.scheduler.last_epoch, "best_val_loss": t.best, "losses": losses,
             "model_config": asdict(t.config), "data_config": t.data_config.to_dict(), "args": vars(run.args),
             "rng_state": states,
-            "partial_epoch": None if progress is None else {**vars(progress), "sums": progress.sums.tolist()},
+            "partial_epoch": None if progress is None else
+            {**vars(progress), "sums": dict(zip(LOSS_KEYS, progress.sums.tolist(), strict=True))},
         }, paths)
     if run.world_size > 1:
         dist.barrier()  # nobody exits (and makes torchrun stop the others) before the files are written
@@ -349,23 +328,16 @@ def end_of_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> dict | None
     t.history.append(entry)
     score = entry["val_total"] if entry["val_total"] is not None else entry["total"]
     save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
-    paths = [save_dir / "last.pt"]
-    if (epoch % args.save_every == 0 or epoch == args.num_epochs) and args.keep_checkpoints > 0:
-        paths.insert(0, save_dir / f"checkpoint_epoch_{epoch}.pt")
-    if score < t.best:
-        t.best = score
-        paths.insert(0, save_dir / "best.pt")
+    paths = ckpt.epoch_paths(save_dir, epoch, score < t.best, args.save_every, args.num_epochs, args.keep_checkpoints)
+    t.best = min(t.best, score)
     if run.is_main:
         cli.write_json(log_dir / cli.TRAINING_LOG, t.history)
         plot_training_curves(t.history, log_dir / cli.TRAINING_CURVES)
-        fixed_clip = (t.val_ds or t.train_ds)[0]["video"]
-        image = save_reconstruction(t.raw_model, fixed_clip, log_dir / cli.RECON_PNG.format(epoch=epoch), run)
-        if t.writer is not None:
-            for key, value in entry.items():
-                if isinstance(value, float):
-                    t.writer.add_scalar(key, value, epoch)
-            t.writer.add_image("reconstruction (input above)", image[None], epoch)
-            t.writer.flush()
+        clip = (t.val_ds or t.train_ds)[0]["video"]  # (T, 1, H, W), the same each epoch
+        recon = model_lib.reconstruct(t.raw_model, clip.to(run.device), run.amp_dtype).cpu()  # (T, 1, H, W)
+        image = write_reconstruction_strip(clip[:, 0].numpy(), recon[:, 0].numpy(), log_dir / cli.RECON_PNG.format(
+            epoch=epoch))
+        log_to_tensorboard(t.writer, entry, image, epoch)
     save(t, paths, epoch, entry)  # last.pt last: when it says epoch N, every file of epoch N exists
     if run.is_main:
         ckpt.prune_checkpoints(save_dir, args.keep_checkpoints)  # only once the new one is written
@@ -391,12 +363,11 @@ def fit(t: Trainer) -> int:
     run, args = t.run, t.run.args
     save_dir = Path(args.save_dir)
     for epoch in range(t.start_epoch + 1, args.num_epochs + 1):
-        sums = [] if t.partial is None else t.partial["sums"]  # a run from before the last loss parts: none of them
-        sums = sums + [0.0] * (len(LOSS_KEYS) - len(sums))
-        progress = EpochProgress(**{**(t.partial or {"step": 0}), "sums": torch.tensor(sums, device=run.device)})
+        sums = torch.tensor([ckpt.partial_sums(t.partial).get(k, 0.0) for k in LOSS_KEYS], device=run.device)
+        progress = EpochProgress(**{**(t.partial or {"step": 0}), "sums": sums})
         t.partial = None
         t.train_ds.set_epoch(epoch)
-        t.sampler.set_epoch(epoch, skip=progress.step * args.batch_size)
+        t.train_loader.sampler.set_epoch(epoch, skip=progress.step * args.batch_size)
         if train_one_epoch(t, epoch, progress) or end_of_epoch(t, epoch, progress) is None:
             return save_stopped(t, epoch, progress)
         if run.stop_requested() and epoch < args.num_epochs:
@@ -404,29 +375,17 @@ def fit(t: Trainer) -> int:
                 print(f"{run.stop.received}: saved {save_dir / 'last.pt'} after epoch {epoch}; "
                       f"exit {cli.EXIT_STOPPED}", flush=True)
             return cli.EXIT_STOPPED
-    if run.world_size > 1:  # DDP keeps the replicas equal: check it once, at the end
-        digest, same = ckpt.replicas_identical(t.raw_model.state_dict(), run.world_size)
-        if run.is_main:
-            print(f"DDP: weights sha256 {digest[:16]} on ranks {list(range(run.world_size))}: "
-                  f"{'identical' if same else 'DIFFERENT'}", flush=True)
-        return cli.EXIT_OK if same else 1
-    return cli.EXIT_OK
+    same = ckpt.replicas_identical(t.raw_model.state_dict(), run.world_size, run.is_main)  # DDP: checked once
+    return cli.EXIT_OK if same else 1
 
 
 def train(args, run: Run) -> int:
     """Check everything, then take the save_dir and train. Nothing is written before the input is known good."""
-    check_args(args)
-    cli.check_seed(args.seed)
-    config = model_lib.config_from_args(args)
-    data_config = dataset_ivf.DataConfig.from_args(args)
-    if run.device.type == "cuda":
-        run.device = torch.device("cuda", run.local_rank)
-    run.amp_dtype = cli.resolve_amp_dtype(args.amp, run.device)
+    config, data_config = prepare(args, run)
     lock = ckpt.RunLock(args.save_dir).check() if run.is_main else contextlib.nullcontext()  # rank 0 holds it
     checkpoint, path, notes = ckpt.find_resume_checkpoint(args.save_dir, args.resume_from, asdict(config), vars(args),
                                                         asdict(model_lib.ModelConfig()))
-    num_classes = args.num_classes if args.use_classifier else None
-    datasets = dataset_ivf.train_val_datasets(args.index_csv, data_config, run.stop, num_classes)
+    datasets = load_datasets(args, data_config, run.stop)
     dataset_ivf.check_clips_per_recording(checkpoint, path, datasets[0])
     if args.compile == "step" and len(datasets[0]) < args.batch_size * run.world_size:
         raise cli.InputError(f"--compile step trains on full batches only: {len(datasets[0])} training clips are "
@@ -449,8 +408,7 @@ def train_locked(args, run: Run, config, data_config, datasets, checkpoint, path
     last, log_dir = Path(args.save_dir) / "last.pt", Path(args.log_dir)
     if run.is_main:
         log_dir.mkdir(parents=True, exist_ok=True)
-        splits = [ds.metadata(i) for ds in (train_ds, val_ds) if ds is not None for i in range(len(ds.rows))]
-        cli.atomic_write(log_dir / "split.csv", lambda f: f.write(pd.DataFrame(splits).to_csv(index=False).encode()))
+        dataset_ivf.write_split_csv(log_dir / "split.csv", train_ds, val_ds)
     t = set_up(args, run, config, data_config, train_ds, val_ds)
     if checkpoint is not None:
         resume(t, checkpoint, path, notes)

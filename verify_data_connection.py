@@ -1,7 +1,9 @@
 """Check the whole path once: index.csv -> dataset -> DataLoader -> model -> loss -> backward -> optimiser step.
 
-Without --index_csv a small synthetic set is written to a temporary folder first.
-Exit 0 when every step worked, 2 on bad input (one line), 1 when a step fails.
+The flags are train.py's, checked by the same function (train.prepare), and the step goes the same way (a batch
+dict through model.forward_loss with the loss the flags give, under the same autocast). Without --index_csv a
+small synthetic set is written to a temporary folder first. Exit 0 when every step worked, 2 on bad input (one
+line), 1 when a step fails.
 """
 import sys
 import tempfile
@@ -10,43 +12,44 @@ import torch
 from torch.utils.data import DataLoader
 
 import cli
-from dataset_ivf import DataConfig, IVFSequenceDataset
+import train
 from losses import AutoencoderLoss
 from make_synthetic_data import make_synthetic_dataset
-from model import ConvLSTMAutoencoder, config_from_args
-from train import get_args_parser as train_args_parser
+from model import ConvLSTMAutoencoder, forward_loss, to_device
 
 
 def get_args_parser():
     """train.py's flags (the same names and defaults); without --index_csv a synthetic set is used."""
-    parser = train_args_parser()
+    parser = train.get_args_parser()
     parser.prog, parser.description = "verify_data_connection.py", __doc__.splitlines()[0]
     parser.set_defaults(index_csv=None)
     return parser
 
 
-def run_check(args, index_csv, model, device):
+def run_check(args, run: train.Run, config, data_config):
     """Run every step once, printing shapes and losses; raises on failure."""
-    dataset = IVFSequenceDataset(index_csv, DataConfig.from_args(args), split=None, training=True)
-    print(f"dataset: {len(dataset.rows)} rows, {len(dataset)} training clips an epoch, from {index_csv}")
+    dataset, _ = train.load_datasets(args, data_config)
+    print(f"dataset: {len(dataset.rows)} training rows, {len(dataset)} training clips an epoch, from {args.index_csv}")
     loader = DataLoader(dataset, batch_size=min(args.batch_size, len(dataset)), shuffle=True,
                         num_workers=args.num_workers)
     batch = next(iter(loader))
-    video, labels = batch["video"].to(device), batch["label"].to(device)  # (B, T, 1, H, W), (B,)
+    video, labels = batch["video"], batch["label"]  # (B, T, 1, H, W), (B,)
     print(f"batch: video {tuple(video.shape)} {video.dtype} range [{video.min():.3f}, {video.max():.3f}], "
           f"labels {labels.tolist()}, frame_indices {tuple(batch['frame_indices'].shape)}")
     if not (0.0 <= video.min() and video.max() <= 1.0):
         raise RuntimeError("video values outside [0, 1]")
 
+    torch.manual_seed(args.seed)
+    model = ConvLSTMAutoencoder(config).to(run.device).train()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params / 1e6:.2f} M parameters on {device}")
-    output = model(video)
+    print(f"model: {n_params / 1e6:.2f} M parameters on {run.device}, autocast {run.amp_dtype or 'off'}")
+    with torch.no_grad():
+        output = model(video.to(run.device))
     print("output: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in output.items()))
     if output["reconstruction"].shape != video.shape:
         raise RuntimeError(f"reconstruction {tuple(output['reconstruction'].shape)} != input {tuple(video.shape)}")
-
-    loss_fn = AutoencoderLoss.from_args(args)
-    losses = loss_fn(output, video, labels)
+    loss_fn = AutoencoderLoss.from_args(args, config)
+    losses = forward_loss(model, loss_fn, to_device(batch, run.device), run.amp_dtype)
     print("loss: " + ", ".join(f"{k} {v.item():.4f}" for k, v in losses.items()))
     if not torch.isfinite(losses["total"]):
         raise RuntimeError("total loss is not finite")
@@ -69,21 +72,16 @@ def run_check(args, index_csv, model, device):
 
 def main(args):
     try:
-        if args.batch_size < 1:
-            raise cli.InputError(f"--batch_size must be at least 1, got {args.batch_size}")
-        cli.check_seed(args.seed)
-        torch.manual_seed(args.seed)
-        device = cli.resolve_device(args.device)
-        model = ConvLSTMAutoencoder(config_from_args(args)).to(device).train()
+        run = train.Run(args, cli.resolve_device(args.device), None, 0, 1, 0, cli.StopSignal())
+        config, data_config = train.prepare(args, run, writes=False)
         with tempfile.TemporaryDirectory(prefix="ivf_verify_") as tmp:
-            index_csv = args.index_csv
-            if index_csv is None:
-                index_csv = make_synthetic_dataset(tmp, n_embryos=4, n_frames=max(args.seq_len, 12),
-                                                   size=max(64, args.image_size), seed=args.seed)
-                print(f"no --index_csv: wrote a synthetic set to {index_csv}")
-            run_check(args, index_csv, model, device)
+            if args.index_csv is None:
+                args.index_csv = make_synthetic_dataset(tmp, n_embryos=4, n_frames=max(args.seq_len, 12),
+                                                        size=max(64, args.image_size), seed=args.seed)
+                print(f"no --index_csv: wrote a synthetic set to {args.index_csv}")
+            run_check(args, run, config, data_config)
     except cli.ScriptError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"verify_data_connection.py: error: {e}", file=sys.stderr)
         return e.exit_code
     except RuntimeError as e:
         print(f"failed: {e}", file=sys.stderr)

@@ -98,14 +98,15 @@ def test_total_persistence_entropy_and_betti_on_a_known_diagram():
     assert geometry.persistence_entropy(np.zeros((0, 2))) == 0.0
 
 
-def test_grouped_cv_logistic_separates_separable_classes():
+def test_label_probe_separates_separable_recordings_with_folds_grouped_by_patient():
     rng = np.random.default_rng(1)
     y = np.repeat([0, 1], 20)
     x = rng.normal(size=(40, 5)) + 4.0 * y[:, None]
     groups = np.array([f"P{i // 4}" for i in range(40)])  # 10 patients of 4 embryos each
-    probs, folds = probes.grouped_cv_probabilities(x, y, groups, n_splits=5, seed=0)
-    assert folds == 5 and probs.shape == (40, 2)
-    assert probes.classification_metrics(y, probs)["roc_auc"] > 0.95
+    result = probes.label_probe({"trained": x, "pixels": rng.normal(size=(40, 8))}, y, groups, n_splits=5)
+    assert result["folds"] == 5 and result["classes"] == [0, 1] and result["n_groups"] == 10  # groups: patients
+    assert result["trained"]["balanced_accuracy"] > 0.95 and result["pixels"]["balanced_accuracy"] < 0.8
+    assert result["majority"]["balanced_accuracy"] == pytest.approx(0.5)
 
 
 def test_phase_probe_beats_the_majority_baseline():
@@ -131,7 +132,7 @@ def test_hours_probe_recovers_a_known_linear_relation():
     noise = rng.normal(size=(150, 4))
     result = probes.hours_probe({"trained": x, "untrained": noise, "pixels": rng.uniform(size=(150, 50))},
                                 hours, groups, n_splits=5)
-    assert result["metric"] == "r2" and result["folds"] == 5 and result["n_embryos"] == 5
+    assert result["metric"] == "r2" and result["folds"] == 5 and result["n_groups"] == 5
     assert result["trained"]["r2"] > 0.999 and result["trained"]["mae"] < 0.05
     assert result["majority"]["r2"] == pytest.approx(0.0, abs=1e-9)  # every fold's training mean is 7.25 h
     assert result["majority"]["mae"] == pytest.approx(np.abs(hours - 7.25).mean())
@@ -257,7 +258,9 @@ def test_cli_on_handmade_latents_writes_every_output(tmp_path):
     assert cls["source"].startswith("model classifier probabilities")
     assert cls["accuracy"] == pytest.approx(7 / 8) and cls["confusion_matrix"] == [[2, 0], [1, 5]]
     assert cls["by_split"]["train"]["n"] == 6 and cls["by_split"]["val"]["accuracy"] == pytest.approx(1.0)
-    assert "grouped by patient" in cls["latent_probe"]["source"]  # the latents' own separability, too
+    label = summary["probes"]["label"]  # the latents' own separability, beside its controls
+    assert label["n_frames"] == 8 and label["n_embryos"] == 8 and label["n_groups"] == 4  # 4 patients
+    assert label["grouped_by"] == "patient" and label["classes"] == [0, 1]
     probe = summary["phase_probe"]
     assert probe["n_frames"] == 6 * 30 and probe["n_embryos"] == 6
     assert "missing" in summary["probes"]["phase"]["pixels"]
@@ -268,14 +271,17 @@ def test_cli_on_handmade_latents_writes_every_output(tmp_path):
     assert len(betti) == 8 * 100 and (betti["betti_0"] >= 1).all()
 
 
-def test_cli_without_probabilities_uses_grouped_logistic_regression(tmp_path):
+def test_cli_without_probabilities_reports_the_label_probe_alone(tmp_path):
     _write_latents(tmp_path / "latents", with_probs=False)
     args = al.get_args_parser().parse_args(["--latents", str(tmp_path / "latents"), "--out", str(tmp_path / "a"),
                                             "--source", "clips", "--cv_folds", "2", "--max_embryo_plots", "0"])
     summary = al.main(args)
     assert summary["trajectory_source"].startswith("clips")
-    assert "grouped by patient" in summary["classification"]["source"]
-    assert summary["classification"]["roc_auc"] is not None
+    assert summary["classification"] is None and not (tmp_path / "a" / "roc_curve.png").exists()
+    label = summary["probes"]["label"]  # each clip's time-mean, folds grouped by patient
+    assert label["folds"] == 2 and label["n_embryos"] == 8 and label["n_groups"] == 4
+    assert 0 <= label["trained"]["balanced_accuracy"] <= 1 and 0 <= label["majority"]["balanced_accuracy"] <= 1
+    assert "missing" in label["untrained"]  # clip latents have no controls
     assert summary["trajectories"]["embedding_methods"] == {"pca": 8}  # 4-frame clips: too short for T-PHATE
     assert not list((tmp_path / "a" / "tphate").glob("*.png"))
 
@@ -363,7 +369,8 @@ def test_probes_report_the_trained_latents_beside_every_control(tmp_path):
 def test_missing_controls_are_reported_as_missing_and_probes_subsample(tmp_path):
     summary = _analyse(tmp_path, _write_probe_latents(tmp_path / "latents", controls=False),
                        "--probe_max_frames", "60")
-    for probe in summary["probes"].values():
+    assert summary["probes"]["label"] is None  # every well holds an embryo: one class
+    for probe in (summary["probes"]["phase"], summary["probes"]["hours"]):
         assert probe["n_frames"] == 60
         assert "z_untrained" in probe["untrained"]["missing"] and "pixels" in probe["pixels"]["missing"]
         assert probe["margin_over_pixels"] is None and probe["metric"] in probe["trained"]

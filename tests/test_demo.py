@@ -6,6 +6,7 @@ import torch
 
 import demo_report
 import train
+from cli import run_main
 from make_synthetic_data import make_synthetic_dataset
 
 
@@ -39,12 +40,15 @@ def test_report_prints_outputs_and_headline_numbers(tmp_path, capsys):
                "classification": {"roc_auc": 0.98, "source": "model classifier probabilities (clips/probs.npy)",
                                   "by_split": {"val": {"roc_auc": 1.0}}},
                "probes": {
-                   "phase": {"metric": "balanced_accuracy", "n_embryos": 9, "margin_over_pixels": 0.25,
+                   "phase": {"metric": "balanced_accuracy", "n_embryos": 9, "grouped_by": "embryo",
+                             "margin_over_pixels": 0.25,
                              "trained": {"balanced_accuracy": 0.7}, "untrained": {"balanced_accuracy": 0.3},
                              "pixels": {"balanced_accuracy": 0.45}, "majority": {"balanced_accuracy": 0.0625}},
-                   "hours": {"metric": "r2", "unit": "hours", "n_embryos": 10, "margin_over_pixels": None,
+                   "hours": {"metric": "r2", "unit": "hours", "n_embryos": 10, "grouped_by": "embryo",
+                             "margin_over_pixels": None,
                              "trained": {"r2": 0.9, "mae": 4.0}, "untrained": {"missing": "no z_untrained"},
-                             "pixels": {"missing": "no pixels"}, "majority": {"r2": -0.01, "mae": 20.0}}}}
+                             "pixels": {"missing": "no pixels"}, "majority": {"r2": -0.01, "mae": 20.0}},
+                   "label": None}}
     (tmp_path / "analysis" / "summary.json").write_text(json.dumps(summary))
     assert demo_report.main(demo_report.get_args_parser().parse_args(["--demo_dir", str(tmp_path)])) == 0
     out = capsys.readouterr().out
@@ -53,12 +57,14 @@ def test_report_prints_outputs_and_headline_numbers(tmp_path, capsys):
     headline = out.split("Headline numbers\n")[1].splitlines()
     assert headline[0].split()[:5] == ["margin", "over", "pixels", "phase", "balanced"]  # the first number ...
     assert "+0.250" in headline[0] and "hours R^2 missing" in headline[0]  # ... is trained minus raw pixels
-    assert ("balanced accuracy: trained 0.700, untrained 0.300, pixels 0.450, majority 0.062 (9 embryos"
-            in headline[1])
+    assert ("balanced accuracy: trained 0.700, untrained 0.300, pixels 0.450, majority 0.062 (9 embryos, folds "
+            "grouped by embryo)" in headline[1])
     assert "R^2: trained 0.900 (MAE 4.00 hours), untrained missing, pixels missing, majority -0.010" in headline[2]
+    assert headline[3].split()[:3] == ["label", "probe", "not"]  # one line per probe, in the summary's order
     assert "2 figures" in out
 
 
 def test_report_without_outputs_says_to_run_the_demo(tmp_path, capsys):
-    assert demo_report.main(demo_report.get_args_parser().parse_args(["--demo_dir", str(tmp_path)])) == 2
+    assert run_main("demo_report.py", demo_report.main,
+                    demo_report.get_args_parser().parse_args(["--demo_dir", str(tmp_path)])) == 2
     assert "run `make demo` first" in capsys.readouterr().err

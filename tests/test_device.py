@@ -45,7 +45,7 @@ def test_loss_parts_on(device):
     x = torch.rand(2, 3, 1, 16, 16, device=device)
     output = {"reconstruction": x.clone(), "z_seq": torch.zeros(2, 3, 8, 2, 2, device=device),
               "logits": torch.zeros(2, 2, device=device)}
-    parts = AutoencoderLoss(cls_weight=1.0)(output, x, torch.tensor([0, -1], device=device))
+    parts = AutoencoderLoss(cls_weight=1.0)(output, {"video": x, "label": torch.tensor([0, -1], device=device)})
     assert all(v.device.type == device.type and v.dtype == torch.float32 for v in parts.values())
     assert parts["reconstruction"].item() == pytest.approx(0.0, abs=1e-5)
     assert parts["classification"].item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-5)
@@ -58,8 +58,8 @@ def test_one_training_step_on(device):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     amp_dtype = amp_dtypes(device)[-1]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    parts = train.train_step(model, x, torch.tensor([0, 1], device=device), AutoencoderLoss(cls_weight=1.0),
-                             optimizer, scaler, amp_dtype, grad_clip=1.0)
+    batch = {"video": x, "label": torch.tensor([0, 1], device=device)}
+    parts = train.train_step(model, batch, AutoencoderLoss(cls_weight=1.0), optimizer, scaler, amp_dtype, grad_clip=1.0)
     assert parts["total"].device.type == device.type and torch.isfinite(parts["total"])
     changed = [not torch.equal(before[k], v) for k, v in model.state_dict().items()]
     assert all(changed) and all(torch.isfinite(v).all() for v in model.state_dict().values())
@@ -75,10 +75,9 @@ def test_compiled_whole_step_trains_like_eager(device, monkeypatch):
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     torch.manual_seed(1)
     for _ in range(3):
-        x = torch.rand(2, 2, 1, 16, 16, device=device)
-        labels = torch.tensor([0, 1], device=device)
-        expected = train.train_step(eager, x, labels, loss_fn, optimizers[0], scaler, None, 1.0)
-        got = train.train_step(compiled, x, labels, loss_fn, optimizers[1], scaler, None, 1.0, forward)
+        batch = {"video": torch.rand(2, 2, 1, 16, 16, device=device), "label": torch.tensor([0, 1], device=device)}
+        expected = train.train_step(eager, batch, loss_fn, optimizers[0], scaler, None, 1.0)
+        got = train.train_step(compiled, batch, loss_fn, optimizers[1], scaler, None, 1.0, forward)
         torch.testing.assert_close(got["total"], expected["total"], rtol=1e-3, atol=1e-5)
     for (name, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5, msg=name)
@@ -112,13 +111,13 @@ def test_cuda_compiled_step_has_no_host_sync():
     forward = training_forward(model, "step", device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     scaler, loss_fn = torch.amp.GradScaler("cuda", enabled=False), AutoencoderLoss(cls_weight=1.0)
-    x, labels = torch.rand(2, 2, 1, 16, 16, device=device), torch.tensor([0, 1], device=device)
+    batch = {"video": torch.rand(2, 2, 1, 16, 16, device=device), "label": torch.tensor([0, 1], device=device)}
     for _ in range(3):  # compile, warm up, record the CUDA graphs
-        train.train_step(model, x, labels, loss_fn, optimizer, scaler, None, 1.0, forward)
+        train.train_step(model, batch, loss_fn, optimizer, scaler, None, 1.0, forward)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        parts = train.train_step(model, x, labels, loss_fn, optimizer, scaler, None, 1.0, forward)
+        parts = train.train_step(model, batch, loss_fn, optimizer, scaler, None, 1.0, forward)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(parts["total"]).item()

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from dataset_ivf import INHERITED_FIELDS
+
 REPO = Path(__file__).resolve().parents[1]
 MODULES = sorted(p.stem for p in REPO.glob("*.py"))
 SCRIPTS = ["train", "verify_data_connection", "bench", "extract_latents", "build_index", "make_synthetic_data",
@@ -27,7 +29,6 @@ PER_SCRIPT = {
     "--frame_step": "build_index: every 3rd frame for clip windows; extract_latents: every frame of a trajectory",
     "--stride": "the old name of --window_step (build_index) and of --frame_step (extract_latents)",
 }
-INHERITED = {"seq_len", "sampling", "normalize", "annotations_dir", "cache_dir"}  # extract: None = the checkpoint's
 
 
 def repo_imports(module: str) -> set[str]:
@@ -81,7 +82,7 @@ def test_shared_flags_are_declared_once():
     for option, by_script in shared.items():
         if option in PER_SCRIPT:
             continue
-        if "extract_latents" in by_script and by_script["extract_latents"][0] in INHERITED:
+        if "extract_latents" in by_script and by_script["extract_latents"][0] in INHERITED_FIELDS:
             assert by_script.pop("extract_latents")[1] is None, option  # the training run's value
         if "bench" in by_script and option in ("--seq_len",):
             assert by_script.pop("bench")[1] is None, option  # the preset's value
@@ -104,7 +105,8 @@ def test_help_states_the_actual_default():
 def test_modules_and_functions_read_in_one_sitting():
     for module in MODULES:
         source = (REPO / f"{module}.py").read_text()
-        assert len(source.splitlines()) <= 500, f"{module}.py has {len(source.splitlines())} lines"
+        limit = 460 if module == "train" else 500  # train.py: the loop, read top to bottom in one sitting
+        assert len(source.splitlines()) <= limit, f"{module}.py has {len(source.splitlines())} lines"
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 length = node.end_lineno - node.lineno + 1

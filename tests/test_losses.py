@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
 
 from losses import AutoencoderLoss, ssim_window
+from model import ModelConfig
 
 
 def output_for(reconstruction, z_seq=None, logits=None):
@@ -21,7 +22,7 @@ def output_for(reconstruction, z_seq=None, logits=None):
 @pytest.mark.parametrize("size", [32, 64, 128])
 def test_identical_frames_give_zero_reconstruction_loss(size):
     x = torch.rand(2, 3, 1, size, size)
-    losses = AutoencoderLoss()(output_for(x.clone()), x)
+    losses = AutoencoderLoss()(output_for(x.clone()), {"video": x})
     assert losses["l1"].item() == 0
     assert losses["ms_ssim"].item() == pytest.approx(0, abs=1e-5)
     assert losses["reconstruction"].item() == pytest.approx(0, abs=1e-5)
@@ -31,7 +32,7 @@ def test_l1_matches_hand_computation():
     target = torch.zeros(1, 2, 1, 64, 64)
     reconstruction = torch.zeros_like(target)
     reconstruction[0, 0] = 0.5  # half the frames off by 0.5 -> mean 0.25
-    losses = AutoencoderLoss()(output_for(reconstruction), target)
+    losses = AutoencoderLoss()(output_for(reconstruction), {"video": target})
     assert losses["l1"].item() == pytest.approx(0.25)
 
 
@@ -40,7 +41,7 @@ def test_ms_ssim_equals_direct_per_frame_call(size, window):
     torch.manual_seed(0)
     target = torch.rand(2, 3, 1, size, size)
     reconstruction = (target + 0.1 * torch.randn_like(target)).clamp(0, 1)
-    losses = AutoencoderLoss()(output_for(reconstruction), target)
+    losses = AutoencoderLoss()(output_for(reconstruction), {"video": target})
     direct = ms_ssim(reconstruction.flatten(0, 1), target.flatten(0, 1), data_range=1.0, win_size=window)
     assert ssim_window(size) == (window, True)
     assert losses["ms_ssim"].item() == pytest.approx(1 - direct.item(), abs=1e-5)
@@ -54,7 +55,7 @@ def test_weights_combine_the_parts():
     logits = torch.randn(2, 2)
     labels = torch.tensor([0, 1])
     loss_fn = AutoencoderLoss(l1_weight=0.3, ms_ssim_weight=0.7, smooth_weight=0.2, cls_weight=0.5)
-    parts = loss_fn(output_for(reconstruction, z_seq, logits), target, labels)
+    parts = loss_fn(output_for(reconstruction, z_seq, logits), {"video": target, "label": labels})
     assert parts["smooth"].item() == pytest.approx((z_seq[:, 1:] - z_seq[:, :-1]).pow(2).mean().item())
     assert parts["classification"].item() == pytest.approx(F.cross_entropy(logits, labels).item())
     expected_recon = 0.3 * parts["l1"] + 0.7 * parts["ms_ssim"]
@@ -67,8 +68,11 @@ def test_weights_combine_the_parts():
 @pytest.mark.parametrize("predict_next", [True, False])
 def test_flags_give_the_prediction_weight_only_with_the_guess(predict_next):
     args = argparse.Namespace(l1_weight=0.5, ms_ssim_weight=0.5, smooth_weight=0.1, cls_weight=0.1,
-                              use_classifier=False, predict_next=predict_next, predict_weight=0.25)
-    assert AutoencoderLoss.from_args(args).predict_weight == (0.25 if predict_next else 0.0)
+                              predict_weight=0.25)
+    config = ModelConfig(image_size=32, use_classifier=False, predict_next=predict_next)
+    weights = AutoencoderLoss.from_args(args, config).weights
+    assert weights == {"l1": 0.5, "ms_ssim": 0.5, "smooth": 0.1, "classification": 0.0,
+                       "prediction": 0.25 if predict_next else 0.0}
 
 
 def test_next_frame_guess_is_scored_against_the_following_frames():
@@ -77,7 +81,7 @@ def test_next_frame_guess_is_scored_against_the_following_frames():
     output = output_for(torch.rand_like(target))
     output["prediction"] = torch.rand(2, 3, 1, 64, 64)  # frames 2..T
     loss_fn = AutoencoderLoss(l1_weight=0.3, ms_ssim_weight=0.7, smooth_weight=0.0, predict_weight=0.25)
-    parts = loss_fn(output, target)
+    parts = loss_fn(output, {"video": target})
     following = target[:, 1:]
     scores = ms_ssim(output["prediction"].reshape(-1, 1, 64, 64), following.reshape(-1, 1, 64, 64),
                      data_range=1.0, win_size=3)
@@ -90,9 +94,9 @@ def test_unknown_labels_add_no_classification_loss():
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.5]], requires_grad=True)
     target = torch.rand(2, 2, 1, 32, 32)
     loss_fn = AutoencoderLoss(cls_weight=1.0)
-    both = loss_fn(output_for(target, logits=logits), target, torch.tensor([1, -1]))
+    both = loss_fn(output_for(target, logits=logits), {"video": target, "label": torch.tensor([1, -1])})
     assert both["classification"].item() == pytest.approx(F.cross_entropy(logits[:1], torch.tensor([1])).item())
-    none_known = loss_fn(output_for(target, logits=logits), target, torch.tensor([-1, -1]))
+    none_known = loss_fn(output_for(target, logits=logits), {"video": target, "label": torch.tensor([-1, -1])})
     assert none_known["classification"].item() == 0
     none_known["total"].backward()
     assert torch.equal(logits.grad, torch.zeros_like(logits))
@@ -102,7 +106,7 @@ def test_constant_images_are_finite():
     target = torch.full((1, 2, 1, 64, 64), 0.5)
     for reconstruction in (torch.zeros_like(target), torch.full_like(target, 0.5)):
         reconstruction.requires_grad_(True)
-        losses = AutoencoderLoss()(output_for(reconstruction), target)
+        losses = AutoencoderLoss()(output_for(reconstruction), {"video": target})
         losses["total"].backward()
         assert all(torch.isfinite(v) for v in losses.values())
         assert torch.isfinite(reconstruction.grad).all()
@@ -114,9 +118,9 @@ def test_finite_under_autocast(dtype):
     target = torch.rand(1, 2, 1, 128, 128)
     with torch.autocast("cpu", dtype=dtype):
         reconstruction = torch.sigmoid(torch.randn(1, 2, 1, 128, 128).to(dtype))
-        losses = AutoencoderLoss()(output_for(reconstruction), target)
+        losses = AutoencoderLoss()(output_for(reconstruction), {"video": target})
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
-    reference = AutoencoderLoss()(output_for(reconstruction.float()), target)
+    reference = AutoencoderLoss()(output_for(reconstruction.float()), {"video": target})
     assert losses["ms_ssim"].item() == pytest.approx(reference["ms_ssim"].item(), abs=1e-6)
 
 

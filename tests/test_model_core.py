@@ -55,8 +55,8 @@ def test_every_parameter_gets_a_finite_gradient_and_training_lowers_the_loss(opt
     loss_fn = AutoencoderLoss(cls_weight=1.0, predict_weight=0.5)
     torch.manual_seed(1)
     x = torch.rand(2, 4, 1, 32, 32)
-    labels = torch.tensor([0, 1])
-    losses = loss_fn(model(x), x, labels)
+    batch = {"video": x, "label": torch.tensor([0, 1])}
+    losses = loss_fn(model(x), batch)
     losses["total"].backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -65,7 +65,7 @@ def test_every_parameter_gets_a_finite_gradient_and_training_lowers_the_loss(opt
     first = losses["total"].item()
     for _ in range(15):
         optimizer.zero_grad()
-        loss = loss_fn(model(x), x, labels)["total"]
+        loss = loss_fn(model(x), batch)["total"]
         loss.backward()
         optimizer.step()
     assert loss.item() < first
@@ -75,7 +75,7 @@ def test_classifier_trains_at_batch_size_one():
     model = tiny_model()
     model.train()
     x = torch.rand(1, 2, 1, 32, 32)
-    losses = AutoencoderLoss(cls_weight=1.0)(model(x), x, torch.tensor([1]))
+    losses = AutoencoderLoss(cls_weight=1.0)(model(x), {"video": x, "label": torch.tensor([1])})
     losses["classification"].backward()
     assert model.classifier.mlp[0].weight.grad.abs().sum() > 0
 

@@ -195,8 +195,8 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoin
 
         steps = 0
 
-        def forward(self, output, target, labels=None):
-            parts = super().forward(output, target, labels)
+        def forward(self, output, batch):
+            parts = super().forward(output, batch)
             if torch.is_grad_enabled():
                 NaNOnFifthStep.steps += 1
                 if NaNOnFifthStep.steps == 5:
@@ -219,12 +219,12 @@ def test_sigusr1_mid_epoch_saves_last_pt_and_returns_85(index_csv, tmp_path, cap
 
         steps = 0
 
-        def forward(self, output, target, labels=None):
+        def forward(self, output, batch):
             if torch.is_grad_enabled():
                 SignalOnSecondStep.steps += 1
                 if SignalOnSecondStep.steps == 2:
                     signal.raise_signal(signal.SIGUSR1)
-            return super().forward(output, target, labels)
+            return super().forward(output, batch)
 
     monkeypatch.setattr(train, "AutoencoderLoss", SignalOnSecondStep)
     handler = signal.getsignal(signal.SIGUSR1)

@@ -65,10 +65,10 @@ def test_diverging_last_step_of_an_epoch_saves_no_non_finite_weights(index_csv, 
 
 def test_stop_signal_after_a_diverging_step_saves_no_non_finite_weights(index_csv, tmp_path, capsys, monkeypatch):
     class SignalOnFirstStep(AutoencoderLoss):
-        def forward(self, output, target, labels=None):
+        def forward(self, output, batch):
             if torch.is_grad_enabled():
                 signal.raise_signal(signal.SIGUSR1)
-            return super().forward(output, target, labels)
+            return super().forward(output, batch)
 
     monkeypatch.setattr(train, "AutoencoderLoss", SignalOnFirstStep)
     args = parse(index_csv, tmp_path, "--learning_rate", "1e39", "--warmup_epochs", "0", "--num_epochs", "1")
@@ -81,8 +81,8 @@ def test_stop_signal_after_a_diverging_step_saves_no_non_finite_weights(index_cs
 
 def test_non_finite_validation_loss_exits_3(index_csv, tmp_path, capsys, monkeypatch):
     class NaNInValidation(AutoencoderLoss):
-        def forward(self, output, target, labels=None):
-            parts = super().forward(output, target, labels)
+        def forward(self, output, batch):
+            parts = super().forward(output, batch)
             if not torch.is_grad_enabled():
                 parts["total"] = parts["total"] * float("nan")
             return parts
@@ -137,12 +137,12 @@ def test_resume_mid_epoch_with_another_batch_size_is_refused(index_csv, tmp_path
     class SignalOnSecondStep(AutoencoderLoss):
         steps = 0
 
-        def forward(self, output, target, labels=None):
+        def forward(self, output, batch):
             if torch.is_grad_enabled():
                 SignalOnSecondStep.steps += 1
                 if SignalOnSecondStep.steps == 2:
                     signal.raise_signal(signal.SIGTERM)
-            return super().forward(output, target, labels)
+            return super().forward(output, batch)
 
     monkeypatch.setattr(train, "AutoencoderLoss", SignalOnSecondStep)
     assert train.main(parse(index_csv, tmp_path, "--num_epochs", "1", "--batch_size", "1")) == 85
@@ -315,11 +315,11 @@ def test_stop_signal_during_validation_saves_the_trained_epoch(index_csv, tmp_pa
     class SignalInValidation(AutoencoderLoss):
         sent = False
 
-        def forward(self, output, target, labels=None):
+        def forward(self, output, batch):
             if not torch.is_grad_enabled() and not SignalInValidation.sent:
                 SignalInValidation.sent = True
                 signal.raise_signal(signal.SIGUSR1)
-            return super().forward(output, target, labels)
+            return super().forward(output, batch)
 
     monkeypatch.setattr(train, "AutoencoderLoss", SignalInValidation)
     args = parse(index_csv, tmp_path, "--num_epochs", "1", "--batch_size", "1")  # 2 val clips: 2 batches

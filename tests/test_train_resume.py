@@ -13,6 +13,8 @@ import cv2
 import pytest
 import torch
 
+from cli import LOSS_KEYS
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--image_size", "32", "--encoder_hidden_dim", "8", "--encoder_layers", "1", "--decoder_hidden_dim", "8",
         "--decoder_layers", "1", "--seq_len", "4", "--batch_size", "2", "--num_workers", "0", "--device", "cpu",
@@ -126,9 +128,11 @@ def test_sigterm_mid_epoch_saves_last_pt_exits_85_and_rerun_continues(index_csv,
     print(f"SIGTERM to exit 85: {took:.2f} s")
     last = load(tmp_path / "ckpt" / "last.pt")  # weights_only load of the preemption checkpoint
     assert last["epoch"] == 0 and last["partial_epoch"]["step"] >= 1
-    # as written before the `prediction` loss part existed: one running sum fewer (it was 0 without --predict_next)
-    assert last["partial_epoch"]["sums"][-1] == 0
-    last["partial_epoch"]["sums"] = last["partial_epoch"]["sums"][:-1]
+    # as written before the sums were named and the `prediction` loss part existed: a list in LOSS_KEYS' order, one
+    # running sum fewer (it was 0 without --predict_next)
+    sums = last["partial_epoch"]["sums"]
+    assert list(sums) == list(LOSS_KEYS) and sums["prediction"] == 0
+    last["partial_epoch"]["sums"] = [sums[k] for k in LOSS_KEYS[:-1]]
     torch.save(last, tmp_path / "ckpt" / "last.pt")
     resumed = run_to_end(index_csv, tmp_path)
     assert resumed.stdout.startswith("Resuming from"), resumed.stdout

@@ -22,7 +22,7 @@ def test_synthetic_default(capsys):
 def test_given_index_with_cache_and_annotations(tmp_path, capsys):
     index = make_synthetic_dataset(tmp_path, n_embryos=3, n_frames=6, size=32, seed=1, fmt="avi")
     assert run(["--index_csv", str(index), "--cache_dir", str(tmp_path / "cache"), "--augment",
-                "--annotations_dir", str(tmp_path / "annotations"), "--batch_size", "3"]) == 0
+                "--annotations_dir", str(tmp_path / "annotations"), "--batch_size", "3", "--val_fraction", "0"]) == 0
     assert "batch: video (3, 4, 1, 32, 32)" in capsys.readouterr().out
 
 
@@ -32,5 +32,5 @@ def test_bad_input_exits_2(tmp_path, capsys):
     pd.DataFrame([{"path": "nowhere"}]).to_csv(tmp_path / "index.csv", index=False)
     assert run(["--index_csv", str(tmp_path / "index.csv")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
-    assert last.startswith("error:") and "line 2" in last and "nowhere" in last
+    assert last.startswith("verify_data_connection.py: error:") and "line 2" in last and "nowhere" in last
     assert main(get_args_parser().parse_args(TINY + ["--image_size", "30"])) == 2
