@@ -10,14 +10,13 @@ Reads `--latents DIR` (its `trajectories/` and/or `clips/` folders) and writes t
   length, start-end distance; robust (median/MAD) outliers (`outliers.csv`, `outliers.png`).
 - Persistent homology (`ripser`): H0/H1 diagrams, total persistence, persistence entropy, Betti curves
   (`persistence_diagrams.csv`, `betti_curves.csv`, `persistence.png`).
-- With labels: accuracy, balanced accuracy, ROC AUC, confusion matrix, ROC curve (`roc_curve.png`,
-  `confusion_matrix.png`), from the model's classifier probabilities when the clips have them, else from a
-  logistic regression on pooled latents, cross-validated with folds grouped by patient (reported too, as
-  `latent_probe`, next to the classifier's own metrics, which are also given per split).
-- Probes, each beside its controls (`probes` in summary.json, `probes.png`): developmental phase (balanced
-  accuracy) and time since the first frame (R^2, mean absolute error), cross-validated with folds grouped by
-  embryo, on the trained latents, an untrained model's latents and the raw pixels (PCA-reduced to the latent
-  width inside the pipeline), beside the majority (mean) baseline; `margin_over_pixels` = trained - pixels.
+- With a model classifier (clips/probs.npy): accuracy, balanced accuracy, ROC AUC, confusion matrix, ROC curve
+  (`roc_curve.png`, `confusion_matrix.png`), over all labelled clips and per split.
+- Probes (latent_probes.PROBES), each beside its controls (`probes` in summary.json, `probes.png`): phase (scores,
+  then decoded monotone per embryo, and the onset of every phase: `morphokinetics.csv`, `morphokinetics.png`),
+  hours since the first frame (wells with times only; `frames` when none has times), the recording's label; on
+  the trained latents, an untrained model's latents and the raw pixels, beside the majority (mean) baseline,
+  linear and kNN readouts, every choice made by grouped inner folds (latent_probes.py says how).
 
 Trajectories come from `trajectories/` (whole recordings); without it, each clip's pooled z_seq is one
 short trajectory. No torch is imported.
@@ -47,12 +46,14 @@ from cli import (
     add_seed_arg,
     check_seed,
     run_main,
+    write_bytes,
 )
 from frames_io import patient_of
 
 TRAJECTORY_KEYS = (LATENT_KEY, "frame_indices", "hours", "phase")  # the arrays every trajectory file has
 CONTROL_KEYS = {"untrained": UNTRAINED_KEY, "pixels": PIXELS_KEY}  # control arrays, read only for the probes
 PER_FRAME = ("z", "frame_indices", "hours", "phase")  # a trajectory dict's per-frame arrays
+MORPHOKINETICS_CSV = "morphokinetics.csv"  # the phase probe's event times: onset of every phase per embryo
 
 
 
@@ -280,13 +281,14 @@ def read_control(traj: dict, name: str, rows: np.ndarray) -> np.ndarray:
     return values[traj["start"] + rows].astype(np.float64)
 
 
-def probe_features(trajectories: list[dict], rows: list[np.ndarray], per_embryo: bool = False) -> dict:
-    """The trained latents and each control at the given rows (per_embryo: their mean, one row per trajectory); a
-    control that some trajectory lacks is missing (a string saying why)."""
+def probe_features(trajectories: list[dict], rows: list[np.ndarray], per_recording: bool = False) -> dict:
+    """The trained latents and each control (float32) at the given rows (per_recording: their mean, one row per
+    trajectory); a control that some trajectory lacks is missing (a string saying why)."""
     used = [(t, r) for t, r in zip(trajectories, rows, strict=True) if len(r)]
 
     def gather(values):  # one array per used trajectory -> rows
-        return np.stack([v.mean(axis=0) for v in values]) if per_embryo else np.concatenate(values)
+        rows_of = [v.mean(axis=0, keepdims=True) for v in values] if per_recording else values
+        return np.concatenate(rows_of).astype(np.float32)
 
     features = {"trained": gather([t["z"][r] for t, r in used])}
     for name, key in CONTROL_KEYS.items():
@@ -297,42 +299,52 @@ def probe_features(trajectories: list[dict], rows: list[np.ndarray], per_embryo:
     return features
 
 
-def probe_data(spec: probes.ProbeSpec, trajectories: list[dict], args) -> tuple | None:
-    """(features, targets, groups, trajectories used) of a probe (probes.PROBES), or None when fewer than two
-    groups (embryos, or patients for a per-embryo probe) or, for a classification, fewer than two classes have
-    its target."""
+def probe_data(spec: probes.ProbeSpec, trajectories: list[dict]) -> probes.ProbeData | None:
+    """The data of a probe (probes.PROBES): every frame with its target (or, per recording, each trajectory's
+    time-mean) with its groups, embryo, time and frame index; None when fewer than two groups (embryos, or patients
+    for a per-recording probe) or, for a classification, fewer than two classes have its target."""
     targets = [spec.values(t) for t in trajectories]
+    used = [k for k, (_, mask) in enumerate(targets) if mask.any()]
     if spec.level == "frame":
-        rows = probes.probe_rows([mask for _, mask in targets], args.probe_max_frames, args.seed)
+        rows = [np.flatnonzero(targets[k][1]) for k in used]
+
+        def per_frame(arrays):  # one array per used trajectory -> its rows, concatenated
+            return np.concatenate([np.asarray(a)[r] for a, r in zip(arrays, rows, strict=True)]) if used else \
+                np.zeros(0)
+
+        y = per_frame([targets[k][0] for k in used])
+        embryo = groups = per_frame([np.full(len(targets[k][0]), trajectories[k]["name"]) for k in used])
+        hours, frame = (per_frame([trajectories[k][key] for k in used]) for key in ("hours", "frame_indices"))
     else:
-        rows = [np.arange(len(t["z"])) if mask.any() else np.zeros(0, int) for t, (_, mask) in
-                zip(trajectories, targets, strict=True)]
-    used = [k for k, r in enumerate(rows) if len(r)]
-    if spec.level == "frame":
-        y = np.concatenate([targets[k][0][rows[k]] for k in used]) if used else np.zeros(0)
-        groups = np.concatenate([np.full(len(rows[k]), trajectories[k]["name"]) for k in used]) if used else y
-    else:
-        y = np.array([targets[k][0][0] for k in used])
-        groups = patient_groups(pd.DataFrame([trajectories[k]["meta"] for k in used])) if used else y
-    if len(np.unique(groups)) < 2 or (spec.metric != "r2" and len(np.unique(y)) < 2):
+        rows = [np.arange(len(trajectories[k]["z"])) for k in used]
+        y, embryo = np.array([targets[k][0][0] for k in used]), np.array([trajectories[k]["name"] for k in used])
+        groups = patient_groups(pd.DataFrame([trajectories[k]["meta"] for k in used])) if used else embryo
+        hours, frame = np.full(len(used), np.nan), np.zeros(len(used), np.int64)
+    if len(np.unique(groups)) < 2 or (spec.task == "classification" and len(np.unique(y)) < 2):
         return None
-    return probe_features(trajectories, rows, spec.level == "embryo"), y, groups, [trajectories[k] for k in used]
+    features = probe_features([trajectories[k] for k in used], rows, per_recording=spec.level != "frame")
+    return probes.ProbeData(features, y, groups, embryo, hours.astype(np.float64), frame)
 
 
-def analyse_probes(trajectories: list[dict], args) -> dict:
-    """Every probe of probes.PROBES on the trained latents beside their controls; a probe is None when its target
-    is missing (probe_data)."""
+def analyse_probes(trajectories: list[dict], out: Path, args) -> dict:
+    """Every probe of probes.PROBES that applies, on the trained latents beside their controls (None when its target
+    is missing: probe_data); the phase probe's event times go to morphokinetics.csv and morphokinetics.png."""
     result = {}
     for spec in probes.PROBES:
-        data = probe_data(spec, trajectories, args)
+        if not spec.applies(trajectories):
+            continue
+        data = probe_data(spec, trajectories)
         if data is None:
             result[spec.name] = None
             continue
-        features, y, groups, used = data
-        unit = {"unit": spec.unit(used)} if spec.unit else {}
-        result[spec.name] = {"target": spec.target, **unit, "n_embryos": len(used),
-                             "grouped_by": "embryo" if spec.level == "frame" else "patient",
-                             **spec.run(features, y, groups, args.cv_folds, args.seed)}
+        probe, events = probes.run_probe(spec, data, args.cv_folds, args.seed, args.probe_max_frames)
+        result[spec.name] = {"target": spec.target, **({"unit": spec.unit} if spec.unit else {}),
+                             "n_embryos": len(np.unique(data.embryo)), "grouped_by": spec.grouped_by,
+                             **({"wells": probes.count_wells(trajectories)} if spec.task == "regression" else {}),
+                             **probe}
+        if events is not None:
+            write_bytes(out / MORPHOKINETICS_CSV, events.to_csv(index=False).encode())
+            figures.plot_event_times(events, out / "morphokinetics.png")
     return result
 
 
@@ -359,7 +371,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cv_folds", type=int, default=5,
                         help="cross-validation folds (fewer when there are fewer groups) (default: 5)")
     parser.add_argument("--probe_max_frames", type=int, default=5000,
-                        help="frames sampled (seeded) for each probe when there are more (default: %(default)s)")
+                        help="frames each probe fold fits on at most (a seeded sample of its training part); it "
+                             "predicts every frame of its held-out embryos (default: %(default)s)")
     parser.add_argument("--max_embryo_plots", type=int, default=100,
                         help="per-embryo T-PHATE figures to draw; embeddings of all go to CSV (default: 100)")
     add_seed_arg(parser, "T-PHATE, subsampling and cross-validation")
@@ -411,8 +424,8 @@ def main(args: argparse.Namespace) -> dict:
             summary[f"extraction_{name}"] = json.loads(info.read_text())
     summary["trajectories"] = analyse_trajectories(trajectories, out, args)
     summary["classification"] = analyse_classifier(clips, out)
-    summary["probes"] = analyse_probes(trajectories, args)
-    summary["phase_probe"] = probes.legacy_phase_probe(summary["probes"]["phase"])
+    summary["probes"] = analyse_probes(trajectories, out, args)
+    summary["phase_probe"] = probes.legacy_phase_probe(summary["probes"].get("phase"))
     figures.plot_probes(summary["probes"], out / "probes.png")
     summary["figures"] = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
@@ -427,13 +440,17 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
+def _margin(value: float | None) -> str:
+    return "missing" if value is None else f"{value:+.3f}"
+
+
 def report(args: argparse.Namespace) -> int:
     """main() for the command line: run it and print one line of results."""
     result = main(args)
     cls = result["classification"]
-    margins = [f"{name} {probe['metric']} {probe['trained'][probe['metric']]:.3f} (margin over raw pixels "
-               + ("missing" if probe["margin_over_pixels"] is None else f"{probe['margin_over_pixels']:+.3f}") + ")"
-               for name, probe in result["probes"].items() if probe is not None]
+    margins = [f"{name} {probe['metric']} {probe['linear']['trained'][probe['metric']]:.3f} (over the untrained "
+               f"model {_margin(probe['margin_over_untrained'])}, over raw pixels "
+               f"{_margin(probe['margin_over_pixels'])})" for name, probe in result["probes"].items() if probe]
     print(f"analysed {result['trajectories']['n_embryos']} trajectories -> {Path(args.out) / 'summary.json'}; "
           f"outliers: {len(result['trajectories']['outliers']['embryos'])}"
           + (f"; classifier AUC {cls['roc_auc']:.3f}" if cls and cls.get("roc_auc") is not None else "")

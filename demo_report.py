@@ -1,7 +1,8 @@
 """Print where `make demo` put its outputs and the headline numbers that show the model learned.
 
-The first number is the trained latents' margin over raw pixels; every probe (summary.json's `probes`, one line
-each, in the analysis's order) stands beside its controls.
+The first numbers are the trained latents' margins over an untrained model of the same configuration (the honest
+control) and over raw pixels; then every probe (summary.json's `probes`, in the analysis's order) beside its
+controls: its scores, the phases decoded monotone, and the event times.
 """
 
 import argparse
@@ -20,36 +21,56 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 FEATURE_SETS = ("trained", "untrained", "pixels", "majority")  # as in summary.json's `probes`
+CONTROLS = ("untrained", "pixels")  # the margins: trained minus each, the honest one (an untrained model) first
 
 
 def _metric_name(metric: str) -> str:
-    return {"r2": "R^2"}.get(metric, metric.replace("_", " "))
+    return {"r2": "R^2", "balanced_accuracy": "balanced accuracy", "within_one": "within one phase"}.get(metric, metric)
+
+
+def _score(probe: dict, metric: str, part: str = "") -> dict[str, float | None]:
+    """The linear readout's `metric` for each feature set (part: "decoded"), None where missing."""
+    results = {name: probe["linear"][name] for name in FEATURE_SETS}
+    return {name: (r.get(part, {}) if part else r).get(metric) for name, r in results.items()}
 
 
 def _margins(probes: dict) -> str:
-    """Trained minus raw pixels for every probe: the first headline number."""
-    parts = [f"{name} {_metric_name(probe['metric'])} "
-             + ("missing (no pixels in the latents)" if probe["margin_over_pixels"] is None
-                else f"{probe['margin_over_pixels']:+.3f}")
-             for name, probe in probes.items() if probe is not None]
-    return ", ".join(parts) or "no probe could run (no phases, fewer than two recordings)"
-
-
-def _probe_line(probe: dict | None) -> str:
-    """One probe's headline metric for the trained latents and each control (with the MAE where it has one)."""
-    if probe is None:
-        return "not run (its target is missing, or fewer than two embryos have it)"
-    metric = probe["metric"]
-    values = []
-    for name in FEATURE_SETS:
-        result = probe[name]
-        if "missing" in result:
-            values.append(f"{name} missing")
+    """Trained minus the untrained model and minus raw pixels for every probe's headline metric (the decoded
+    phases where a probe decodes them): the first headline numbers."""
+    parts = []
+    for name, probe in probes.items():
+        if probe is None:
             continue
-        mae = f" (MAE {result['mae']:.2f} {probe.get('unit', '')})" if "mae" in result else ""
-        values.append(f"{name} {result[metric]:.3f}{mae}")
-    return (f"{_metric_name(metric)}: " + ", ".join(values)
-            + f" ({probe['n_embryos']} embryos, folds grouped by {probe['grouped_by']})")
+        part = "decoded" if "decoded" in probe["linear"]["trained"] else ""
+        values = _score(probe, probe["metric"], part)
+        margins = [f"{values['trained'] - values[c]:+.3f} over {c}" if values[c] is not None else f"{c} missing"
+                   for c in CONTROLS]
+        parts.append(f"{name}{' (decoded)' if part else ''} {_metric_name(probe['metric'])} " + ", ".join(margins))
+    return "; ".join(parts) or "no probe could run (no phases, fewer than two recordings)"
+
+
+def _values(values: dict, digits: int = 3, unit: str = "") -> str:
+    return ", ".join(f"{name} {'missing' if v is None else f'{v:.{digits}f}{unit}'}" for name, v in values.items())
+
+
+def _probe_lines(name: str, probe: dict | None) -> list[str]:
+    """A probe's lines: its headline metric for the trained latents and each control (the linear readout; with the
+    MAE of a regression), and for a decoded one also the decoded scores and the event times' MAE."""
+    if probe is None:
+        return [f"  {name:20s} not run (its target is missing, or fewer than two groups have it)"]
+    where = f"({probe['n_embryos']} embryos, folds grouped by {probe['grouped_by']})"
+    metric = probe["metric"]
+    line = f"{_metric_name(metric)}: {_values(_score(probe, metric))}"
+    if metric == "r2":
+        line += f"; MAE ({probe['unit']}): {_values(_score(probe, 'mae'), 2)}"
+    lines = [f"  {name:20s} {line} {where}"]
+    if "decoded" in probe["linear"]["trained"]:
+        lines.append(f"  {name + ', decoded':20s} {_metric_name(metric)}: {_values(_score(probe, metric, 'decoded'))}; "
+                     f"within one phase: {_values(_score(probe, 'within_one', 'decoded'))}")
+    for unit, events in probe.get("event_times", {}).items():
+        lines.append(f"  {'event times':20s} MAE of the onsets ({unit}): {_values(events['mae'], 1)} "
+                     f"({events['n_embryos']} embryos; median_onset: the training embryos' median, the clock alone)")
+    return lines
 
 
 def headline(demo_dir: Path) -> list[str]:
@@ -68,8 +89,9 @@ def headline(demo_dir: Path) -> list[str]:
         f"  latents         {demo_dir / 'latents'} (trajectories/, clips/)",
         f"  analysis        {demo_dir / 'analysis'} (summary.json, {len(summary['figures'])} figures)",
         "Headline numbers",
-        f"  margin over pixels   {_margins(probes)} (trained latents minus the same probe on raw pixels)",
-        *(f"  {name + ' probe':20s} {_probe_line(probe)}" for name, probe in probes.items()),
+        f"  margins              {_margins(probes)} (the trained latents minus the same probe on an untrained "
+        "model of the same configuration, and on the raw pixels)",
+        *(line for name, probe in probes.items() for line in _probe_lines(name, probe)),
         f"  validation MS-SSIM   epoch 1: {1 - first['val_ms_ssim']:.3f}   epoch {last['epoch']}: "
         f"{1 - last['val_ms_ssim']:.3f}   (validation loss {first['val_total']:.3f} -> {best['val_total']:.3f}, "
         f"best at epoch {best['epoch']})",

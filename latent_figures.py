@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cli import LOSS_PARTS, write_bytes  # noqa: E402
+from frames_io import PHASES  # noqa: E402
 
 LABEL_COLORS = {0: "tab:orange", 1: "tab:blue"}  # empty well, embryo; unknown labels are grey
 
@@ -273,23 +274,61 @@ def plot_classifier(metrics: dict, title: str, roc_path: Path, cm_path: Path) ->
     return written
 
 
-PROBE_BARS = {"trained": "tab:blue", "untrained": "tab:gray", "pixels": "tab:orange", "majority": "0.75"}
+PROBE_FEATURES = ("trained", "untrained", "pixels", "majority")  # as in summary.json's probes
+PROBE_BARS = {("linear", ""): "tab:blue", ("knn", ""): "tab:orange", ("linear", "decoded"): "tab:green"}
 
 
 def plot_probes(probes: dict, path: Path) -> None:
-    """Each probe's headline metric for the trained latents beside its controls (missing ones marked)."""
+    """Each probe's headline metric for the trained latents beside its controls, for both readouts (and the phases
+    decoded monotone); missing ones marked."""
     present = {name: probe for name, probe in probes.items() if probe is not None}
-    fig, axes = plt.subplots(1, max(len(present), 1), figsize=(4.5 * max(len(present), 1), 4), squeeze=False)
+    fig, axes = plt.subplots(1, max(len(present), 1), figsize=(5 * max(len(present), 1), 4), squeeze=False)
+    x = np.arange(len(PROBE_FEATURES))
     for ax, (name, probe) in zip(axes[0], present.items(), strict=False):
         metric = probe["metric"]
-        values = [probe[k].get(metric, np.nan) for k in PROBE_BARS]
-        bars = ax.bar(list(PROBE_BARS), np.nan_to_num(values), color=list(PROBE_BARS.values()))
-        ax.bar_label(bars, labels=["missing" if np.isnan(v) else f"{v:.2f}" for v in values], fontsize=8)
+        bars = [(readout, part) for readout, part in PROBE_BARS if not part or "decoded" in probe[readout]["trained"]]
+        width = 0.8 / len(bars)
+        for i, (readout, part) in enumerate(bars):
+            results = [probe[readout][f] for f in PROBE_FEATURES]
+            values = [(r.get(part, {}) if part else r).get(metric, np.nan) for r in results]
+            drawn = ax.bar(x + (i - (len(bars) - 1) / 2) * width, np.nan_to_num(values), width,
+                           color=PROBE_BARS[readout, part], label=f"{readout}{', ' + part if part else ''}")
+            ax.bar_label(drawn, labels=["n/a" if np.isnan(v) else f"{v:.2f}" for v in values], fontsize=6)
+        ax.set_xticks(x, PROBE_FEATURES)
         ax.axhline(0, color="k", lw=0.6)
         ax.set_ylabel({"r2": "$R^2$"}.get(metric, metric.replace("_", " ")))
-        margin = probe["margin_over_pixels"]
-        ax.set_title(f"{name} probe ({probe['n_embryos']} embryos, folds by {probe['grouped_by']})\ntrained - pixels: "
-                     + ("missing" if margin is None else f"{margin:+.3f}"), fontsize=9)
+        margins = [f"{c} {'n/a' if probe[f'margin_over_{c}'] is None else format(probe[f'margin_over_{c}'], '+.3f')}"
+                   for c in ("untrained", "pixels")]
+        ax.set_title(f"{name} probe ({probe['n_embryos']} embryos, folds by {probe['grouped_by']})\n"
+                     f"linear, trained over: {', '.join(margins)}", fontsize=9)
+        ax.legend(fontsize=7)
     if not present:
         axes[0, 0].text(0.5, 0.5, "no probe: no phases and fewer than two trajectories", ha="center")
+    _save(fig, path)
+
+
+EVENT_PANELS = ("trained", "untrained", "pixels", "median_onset")  # sources drawn in morphokinetics.png
+
+
+def plot_event_times(events: pd.DataFrame, path: Path) -> None:
+    """Predicted against annotated onset of every phase of every embryo (morphokinetics.csv), one panel per source:
+    the trained latents' decoded phases beside the controls' and the training embryos' median onset; in hours where
+    the recordings have times, else in frames."""
+    unit = "hours" if (events["unit"] == "hours").any() else "frames"
+    events = events[events["unit"] == unit]
+    sources = [s for s in EVENT_PANELS if (events["source"] == s).any()]
+    order = sorted(set(events["phase"]), key=lambda p: (PHASES.index(p) if p in PHASES else len(PHASES), p))
+    palette = phase_palette(order)
+    fig, axes = plt.subplots(1, max(len(sources), 1), figsize=(4.2 * max(len(sources), 1), 4.2), squeeze=False)
+    low, high = events[["annotated_onset", "predicted_onset"]].min().min(), events[["annotated_onset",
+                                                                                   "predicted_onset"]].max().max()
+    for ax, source in zip(axes[0], sources, strict=False):
+        part = events[events["source"] == source]
+        ax.plot([low, high], [low, high], color="0.6", lw=0.8)
+        ax.scatter(part["annotated_onset"], part["predicted_onset"], s=8, c=[palette[p] for p in part["phase"]])
+        mae = (part["predicted_onset"] - part["annotated_onset"]).abs().mean()
+        ax.set(title=f"{source.replace('_', ' ')}: MAE {mae:.1f} {unit}", xlabel=f"annotated onset ({unit})",
+               ylabel=f"predicted onset ({unit})")
+    if sources:
+        _phase_legend(axes[0, 0], palette, order)
     _save(fig, path)

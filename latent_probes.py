@@ -1,19 +1,24 @@
 """Supervised numbers of the latent analysis: classifier metrics, and probes beside their controls.
 
-A probe (phase: classification; hours since the first frame: regression) is cross-validated with folds grouped
-by embryo on each feature set: the trained latents, the latents of an untrained model of the same config, and
-the raw pixels of the same frames, PCA-reduced to the latent width inside the pipeline (fitted on the training
-folds only); beside the baseline that predicts the training folds' majority class (or mean). A feature set given
-as a string is missing, the string saying why. No torch; analyze_latents.py gathers the features.
+A probe (PROBES: developmental phase, hours since the first frame, the recording's label) predicts a target from
+each feature set: the trained latents, the latents of an untrained model of the same config, and the raw pixels
+of the same frames; beside the baseline that predicts the training folds' majority class (or mean). Two readouts
+each: linear (logistic or ridge regression) and k nearest neighbours. Outer folds are grouped (by embryo, or by
+patient for a per-recording probe); every free choice (logistic C, ridge strength, k, and the pixel control's
+PCA width, from a grid that goes past the latent width) is made by grouped inner folds on the training part of
+each outer fold, the same way for every feature set. Phases are also decoded per embryo into the most likely
+sequence that never goes backwards, and from it the onset time of every phase (the morphokinetic events). A
+feature set given as a string is missing, the string saying why. No torch; analyze_latents.py gathers the data.
 """
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import pandas as pd
 from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -23,18 +28,23 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
-from sklearn.model_selection import GroupKFold
-from sklearn.pipeline import make_pipeline
+from sklearn.model_selection import GridSearchCV, GroupKFold
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cli import InputError
 from frames_io import PHASES
 
 FEATURE_SETS = ("trained", "untrained", "pixels")  # the latents, then the controls
-BASELINE = "majority"  # the training folds' majority class (phase) or mean (hours)
-CONTROLS = (*FEATURE_SETS[1:], BASELINE)
-RIDGE_ALPHAS = np.logspace(-3, 5, 17)  # the hours probe's ridge strengths, chosen by grouped inner folds
-RIDGE_INNER_FOLDS = 4
+BASELINE = "majority"  # the training folds' majority class (or mean)
+READOUTS = ("linear", "knn")
+C_GRID = (0.01, 0.1, 1.0, 10.0)  # logistic regression's inverse regularisation
+ALPHA_GRID = tuple(np.logspace(-3, 5, 9).tolist())  # ridge strengths
+K_GRID = (3, 10, 30, 100)  # neighbours (those above the smallest inner training part are left out)
+INNER_FOLDS = 3
+N_JOBS = -1  # the inner searches use every core (joblib)
+LOG_FLOOR = 1e-6  # probabilities below it count as it in the decoding (a kNN gives zeros)
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
@@ -67,152 +77,236 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
     return out
 
 
-def _pipeline(estimator, x_train: np.ndarray, width: int | None, seed: int):
-    """Standardise, then `estimator`; with `width`, PCA to that many components first (fitted on x_train only)."""
-    if width is None:
-        return make_pipeline(StandardScaler(), estimator)
-    pca = PCA(n_components=min(width, *x_train.shape), random_state=seed)
-    return make_pipeline(pca, StandardScaler(), estimator)
-
-
-def _fit_predict_proba(x_train, y_train, x_test, classes: np.ndarray, seed: int, width: int | None = None):
-    """Probabilities (n_test, len(classes)) from a standardised logistic regression; one-class folds predict it."""
-    probs = np.zeros((len(x_test), len(classes)))
-    present = np.unique(y_train)
-    if len(present) == 1:
-        probs[:, np.searchsorted(classes, present[0])] = 1.0
-        return probs
-    model = _pipeline(LogisticRegression(max_iter=2000, random_state=seed), x_train, width, seed).fit(x_train, y_train)
-    probs[:, np.searchsorted(classes, model.classes_)] = model.predict_proba(x_test)
-    return probs
-
-
 def ordered_phases(names) -> list[str]:
     """Distinct phase names, known ones in developmental order, then unknown ones sorted; '' dropped."""
     present = {str(n) for n in names} - {""}
     return [p for p in PHASES if p in present] + sorted(present - set(PHASES))
 
 
-def probe_rows(masks: list[np.ndarray], max_frames: int, seed: int) -> list[np.ndarray]:
-    """Per trajectory, the rows a probe uses: those its mask marks, at most max_frames in all (seeded sample)."""
-    rows = [np.flatnonzero(mask) for mask in masks]
-    owner = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
-    if len(owner) > max_frames:
-        keep = np.sort(np.random.default_rng(seed).choice(len(owner), max_frames, replace=False))
-        flat, owner = np.concatenate(rows)[keep], owner[keep]
-        rows = [flat[owner == k] for k in range(len(rows))]
-    return rows
-
-
 def elapsed(traj: dict) -> tuple[np.ndarray, str]:
     """Time since the trajectory's first frame: in hours when every frame has one, else in frames."""
-    if len(traj["hours"]) and np.isfinite(traj["hours"]).all():
+    if has_times(traj):
         return traj["hours"] - traj["hours"][0], "hours"
     frames = traj["frame_indices"] if len(traj["frame_indices"]) == len(traj["z"]) else np.arange(len(traj["z"]))
     return (frames - frames[0]).astype(np.float64), "frames"
 
 
-def _grouped_folds(groups: np.ndarray, n_splits: int, what: str) -> list:
-    """(train, test) index pairs of GroupKFold, as many folds as asked and groups allow (at least two groups)."""
-    n_groups = len(np.unique(groups))
-    if n_groups < 2:
-        raise InputError(f"the {what} probe needs at least two embryos")
-    return list(GroupKFold(n_splits=min(n_splits, n_groups)).split(groups, groups=groups))
+def has_times(traj: dict) -> bool:
+    """Every frame of the trajectory has a time in hours."""
+    return bool(len(traj["hours"])) and bool(np.isfinite(traj["hours"]).all())
 
 
-def _probe(features: dict, y: np.ndarray, groups: np.ndarray, folds: list, fit_predict, baseline, score,
-           metric: str) -> dict:
-    """Out-of-fold predictions of every feature set and the baseline, scored; margin of trained over pixels.
+def pixel_widths(latent_width: int, n_pixels: int) -> list[int]:
+    """The pixel control's PCA widths to choose from: a quarter of the latent width to four times it, at most the
+    pixels' own width."""
+    widths = {w for w in (latent_width // 4, latent_width // 2, latent_width, 2 * latent_width, 4 * latent_width)
+              if 2 <= w <= n_pixels}
+    return sorted(widths) or [min(latent_width, n_pixels)]
 
-    fit_predict(x_train, y_train, x_test, width, groups_train) and baseline(y_train, n_test) return predictions;
-    score(y, pred) returns a dict holding `metric`, the headline. Pixels are PCA-reduced to the latents' width.
-    """
-    width = features["trained"].shape[1]
-    result = {"n_frames": int(len(y)), "n_groups": int(len(np.unique(groups))), "folds": len(folds),
-              "metric": metric}
-    predictors = {name: features.get(name, "not given") for name in FEATURE_SETS}
-    predictors[BASELINE] = None
-    for name, x in predictors.items():
-        if isinstance(x, str):
-            result[name] = {"missing": x}
+
+@dataclass
+class ProbeData:
+    """What a probe reads: per sample (a frame, or a recording's time-mean) its features, target and groups."""
+
+    features: dict  # feature set -> (N, d) array, or a string saying why it is missing
+    y: np.ndarray  # (N,) targets
+    groups: np.ndarray  # (N,) the folds' groups (embryo or patient)
+    embryo: np.ndarray  # (N,) the trajectory of each sample; its frames in time order
+    hours: np.ndarray  # (N,) each sample's time in hours (NaN: none)
+    frame: np.ndarray  # (N,) each sample's frame index
+
+
+def _search(task: str, readout: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray, widths: list[int] | None,
+            seed: int):
+    """The readout fitted on (x, y) with its free choices (and, with widths, a PCA width first) made by grouped
+    inner folds; returns (the fitted pipeline, the choices)."""
+    linear = readout == "linear"
+    estimator = {("classification", True): LogisticRegression(solver="newton-cg", max_iter=1000),
+                 ("regression", True): Ridge(),
+                 ("classification", False): KNeighborsClassifier(),
+                 ("regression", False): KNeighborsRegressor()}[task, linear]
+    pipe = Pipeline([("pca", PCA(random_state=seed) if widths else "passthrough"), ("scale", StandardScaler()),
+                     ("est", estimator)])
+    n_inner = min(INNER_FOLDS, len(np.unique(groups)))
+    splits = list(GroupKFold(n_splits=n_inner).split(x, groups=groups)) if n_inner >= 2 else [(np.arange(len(y)),) * 2]
+    smallest = min(len(train) for train, _ in splits)
+    grid = {"est__C": list(C_GRID)} if linear and task == "classification" else \
+        {"est__alpha": list(ALPHA_GRID)} if linear else {"est__n_neighbors": [k for k in K_GRID if k <= smallest]
+                                                          or [max(1, smallest)]}
+    if widths:
+        grid["pca__n_components"] = [w for w in widths if w <= min(smallest, x.shape[1])] or \
+            [max(1, min(smallest, x.shape[1]))]
+    if n_inner < 2:  # one group: nothing to choose by; the middle of each grid
+        pipe.set_params(**{k: v[len(v) // 2] for k, v in grid.items()})
+        return pipe.fit(x, y), {k.split("__")[1]: v[len(v) // 2] for k, v in grid.items()}
+    search = GridSearchCV(pipe, grid, cv=splits, scoring="balanced_accuracy" if task == "classification" else "r2",
+                          n_jobs=N_JOBS, error_score=np.nan).fit(x, y)
+    return search.best_estimator_, {k.split("__")[1]: v for k, v in search.best_params_.items()}
+
+
+def _fit_subsample(train: np.ndarray, max_fit: int, seed: int) -> np.ndarray:
+    """At most max_fit of the training rows (a seeded sample, in order): what a probe fits on."""
+    if len(train) <= max_fit:
+        return train
+    return np.sort(np.random.default_rng(seed).choice(train, max_fit, replace=False))
+
+
+def out_of_fold(data: ProbeData, x, task: str, readout: str, n_classes: int, folds: list, max_fit: int,
+                widths: list[int] | None, seed: int) -> tuple[np.ndarray, list[dict]]:
+    """Out-of-fold predictions of one feature set x (None: the baseline) and the choices of each fold:
+    classification: probabilities (N, n_classes); regression: values (N,)."""
+    y = data.y
+    pred = np.zeros((len(y), n_classes)) if task == "classification" else np.zeros(len(y))
+    chosen = []
+    for k, (train, test) in enumerate(folds):
+        fit = _fit_subsample(train, max_fit, seed + k)
+        if x is None or (task == "classification" and len(np.unique(y[fit])) == 1):
+            counts = np.bincount(y[fit], minlength=n_classes) if task == "classification" else None
+            pred[test] = counts / counts.sum() if task == "classification" else y[fit].mean()
             continue
-        pred = np.zeros(len(y), dtype=y.dtype)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # lbfgs convergence notes on tiny folds
-            for train, test in folds:
-                pred[test] = (baseline(y[train], len(test)) if x is None else
-                              fit_predict(x[train], y[train], x[test], width if name == "pixels" else None,
-                                          groups[train]))
-        result[name] = score(y, pred)
-        if name == "pixels":
-            result[name]["pca_components"] = int(min(width, x.shape[1]))
-    result["margin_over_pixels"] = (result["trained"][metric] - result["pixels"][metric]
-                                    if metric in result["pixels"] else None)
-    return result
+            warnings.simplefilter("ignore")  # lbfgs/newton notes and absent classes on tiny inner folds
+            model, choice = _search(task, readout, x[fit], y[fit], data.groups[fit], widths, seed)
+            if task == "classification":
+                pred[np.ix_(test, model.classes_)] = model.predict_proba(x[test])
+            else:
+                pred[test] = model.predict(x[test])
+        chosen.append(choice)
+    return pred, chosen
 
 
-def classification_probe(features: dict, y: np.ndarray, groups: np.ndarray, classes: list, n_splits: int = 5,
-                         seed: int = 0) -> dict:
-    """Logistic regression features (N, d) -> the class of each item (its name in `classes`, in their order) for
-    every feature set, folds grouped by `groups`; balanced accuracy (the headline), accuracy and confusion matrix."""
-    classes = np.array(classes)
-    index = {value: i for i, value in enumerate(classes.tolist())}
-    y = np.array([index[v] for v in np.asarray(y).tolist()], dtype=np.int64)
-    labels = list(range(len(classes)))
+def monotone_decode(probs: np.ndarray) -> np.ndarray:
+    """The most likely non-decreasing class sequence (classes in their order; any may be skipped) of a time-ordered
+    sequence of class probabilities (T, K): dynamic programming over log probabilities (MTDL-DP, Liu et al. 2019)."""
+    log_p = np.log(np.maximum(probs, LOG_FLOOR))  # (T, K)
+    classes = np.arange(probs.shape[1])
+    score, back = log_p[0].copy(), np.zeros(probs.shape, dtype=np.int64)
+    for t in range(1, len(probs)):
+        best_before = np.maximum.accumulate(score)  # the best path ending at or below each class
+        back[t] = np.maximum.accumulate(np.where(score == best_before, classes, 0))  # ... and where it ends
+        score = best_before + log_p[t]
+    path = np.zeros(len(probs), dtype=np.int64)
+    path[-1] = int(np.argmax(score))
+    for t in range(len(probs) - 1, 0, -1):
+        path[t - 1] = back[t][path[t]]
+    return path
 
-    def fit_predict(x_train, y_train, x_test, width, groups_train):
-        return _fit_predict_proba(x_train, y_train, x_test, np.arange(len(classes)), seed, width).argmax(1)
 
-    def score(y_true, pred):
+def decode_embryos(probs: np.ndarray, embryo: np.ndarray) -> np.ndarray:
+    """monotone_decode of each embryo's frames (rows in time order within an embryo)."""
+    decoded = np.zeros(len(probs), dtype=np.int64)
+    for name in np.unique(embryo):
+        rows = np.flatnonzero(embryo == name)
+        decoded[rows] = monotone_decode(probs[rows])
+    return decoded
+
+
+def phase_scores(y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict:
+    """Accuracy, balanced accuracy, accuracy within one phase (ordinal distance <= 1 in the class order) and the
+    confusion matrix of class predictions."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
+        return {"balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+                "accuracy": float(accuracy_score(y, pred)),
+                "within_one": float(np.mean(np.abs(pred - y) <= 1)),
+                "confusion_matrix": confusion_matrix(y, pred, labels=list(range(n_classes))).tolist()}
+
+
+def onsets(sequence: np.ndarray, times: np.ndarray, n_classes: int, reached: bool) -> np.ndarray:
+    """Each class's onset time (n_classes,) in a time-ordered sequence: the first frame of the class (reached=False:
+    an annotation, NaN where absent), or the first frame at or past it (reached=True: a monotone prediction; a class
+    never reached gets the last frame's time, the earliest it could start)."""
+    out = np.full(n_classes, np.nan)
+    for k in range(n_classes):
+        hit = np.flatnonzero(sequence >= k if reached else sequence == k)
+        out[k] = times[hit[0]] if len(hit) else (times[-1] if reached else np.nan)
+    return out
+
+
+def event_times(data: ProbeData, decoded: dict[str, np.ndarray], folds: list, classes: list) -> dict:
+    """Onsets of every phase per embryo, annotated and predicted: from each decoded sequence, and the median onset of
+    the training folds' embryos (what the clock alone tells). Embryos with times are timed in hours, the others in
+    frames, reported apart. Returns the mean absolute errors per unit (overall and per event) and the rows of
+    morphokinetics.csv."""
+    n, table = len(classes), {}  # embryo -> (unit, annotated onsets, {source: predicted onsets})
+    for name in np.unique(data.embryo):
+        idx = np.flatnonzero(data.embryo == name)
+        timed = bool(np.isfinite(data.hours[idx]).all())
+        times = data.hours[idx] if timed else data.frame[idx].astype(np.float64)
+        table[name] = ("hours" if timed else "frames", onsets(data.y[idx], times, n, reached=False),
+                       {source: onsets(seq[idx], times, n, reached=True) for source, seq in decoded.items()})
+    fold_of = {e: k for k, (_, test) in enumerate(folds) for e in np.unique(data.embryo[test])}
+    rows = []
+    for name, (unit, annotated, predicted) in table.items():
+        train = [table[e][1] for e, (u, *_) in table.items() if u == unit and fold_of[e] != fold_of[name]]
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
-            return {"balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
-                    "accuracy": float(accuracy_score(y_true, pred)),
-                    "confusion_matrix": confusion_matrix(y_true, pred, labels=labels).tolist()}
-
-    result = _probe(features, y, groups, _grouped_folds(groups, n_splits, "classification"), fit_predict,
-                    lambda y_train, n: np.full(n, np.bincount(y_train, minlength=len(classes)).argmax()), score,
-                    "balanced_accuracy")
-    return {"classes": classes.tolist(), **result}
-
-
-def phase_probe(features: dict, phases: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 0) -> dict:
-    """classification_probe of each frame's developmental phase, the phases in developmental order."""
-    phases = np.asarray(phases).astype(str)
-    return classification_probe(features, phases, groups, ordered_phases(phases), n_splits, seed)
-
-
-def label_probe(features: dict, labels: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 0) -> dict:
-    """classification_probe of each recording's label (0 empty well, 1 embryo, ...)."""
-    return classification_probe(features, labels, groups, sorted(set(np.asarray(labels).tolist())), n_splits, seed)
+            warnings.simplefilter("ignore")  # "All-NaN slice": a phase that no training embryo has
+            predicted = {**predicted, "median_onset": np.nanmedian(train, axis=0) if train else np.full(n, np.nan)}
+        rows += [{"embryo": name, "phase": classes[k], "unit": unit, "annotated_onset": float(annotated[k]),
+                  "source": source, "predicted_onset": float(onset[k])}
+                 for k in np.flatnonzero(np.isfinite(annotated)) for source, onset in predicted.items()]
+    frame = pd.DataFrame(rows, columns=["embryo", "phase", "unit", "annotated_onset", "source", "predicted_onset"])
+    frame["absolute_error"] = (frame["predicted_onset"] - frame["annotated_onset"]).abs()
+    summary = {}
+    for unit, part in frame.groupby("unit"):
+        events = [p for p in classes if p in set(part["phase"])]
+        summary[unit] = {"n_embryos": int(part["embryo"].nunique()),
+                         "mae": part.groupby("source", sort=False)["absolute_error"].mean().to_dict(),
+                         "mae_per_event": {p: part[part["phase"] == p].groupby("source", sort=False)
+                                           ["absolute_error"].mean().to_dict() for p in events}}
+    return {"by_unit": summary, "rows": frame}
 
 
-def hours_probe(features: dict, hours: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 0) -> dict:
-    """Ridge regression features (N, d) -> time since the first frame for every feature set, folds grouped by
-    embryo; R^2 (the headline) and mean absolute error (in the target's unit). The ridge strength is chosen
-    inside the training folds by folds grouped by embryo too: frames of one embryo are alike, and choosing it by
-    leaving out single frames under-regularises the feature sets that vary most between embryos (the pixels)."""
-    y = np.asarray(hours, dtype=np.float64)
-
-    def fit_predict(x_train, y_train, x_test, width, groups_train):
-        inner = min(RIDGE_INNER_FOLDS, len(np.unique(groups_train)))
-        splits = list(GroupKFold(n_splits=inner).split(x_train, groups=groups_train)) if inner >= 2 else None
-        model = _pipeline(RidgeCV(alphas=RIDGE_ALPHAS, cv=splits), x_train, width, seed)
-        return model.fit(x_train, y_train).predict(x_test)
-
-    def score(y_true, pred):
-        return {"r2": float(r2_score(y_true, pred)), "mae": float(mean_absolute_error(y_true, pred))}
-
-    return _probe(features, y, groups, _grouped_folds(groups, n_splits, "hours"), fit_predict,
-                  lambda y_train, n: np.full(n, y_train.mean()), score, "r2")
+def _scores(spec: "ProbeSpec", data: ProbeData, pred: np.ndarray, n_classes: int) -> dict:
+    """A feature set's scores: phase_scores (and, for an ordered target, those of its decoded sequences), or
+    R^2 and MAE."""
+    if spec.task == "regression":
+        return {"r2": float(r2_score(data.y, pred)), "mae": float(mean_absolute_error(data.y, pred))}
+    scores = phase_scores(data.y, pred.argmax(axis=1), n_classes)
+    if spec.ordered:
+        scores["decoded"] = phase_scores(data.y, decode_embryos(pred, data.embryo), n_classes)
+    return scores
 
 
-def legacy_phase_probe(phase: dict | None) -> dict | None:
-    """The trained latents' phase probe in the form of the older `probes.phase_probe` summary key."""
-    if phase is None:
-        return None
-    return {**{k: phase[k] for k in ("n_frames", "n_embryos", "folds", "classes")}, **phase["trained"],
-            "majority_baseline_accuracy": phase["majority"]["accuracy"]}
+def run_probe(spec: "ProbeSpec", data: ProbeData, n_splits: int = 5, seed: int = 0, max_fit: int = 5000
+              ) -> tuple[dict, pd.DataFrame | None]:
+    """A probe on every feature set and the baseline, both readouts, out-of-fold over folds grouped by data.groups:
+    the scores, the choices each fold made, the margins of the trained latents over the untrained model and the
+    pixels (linear readout, headline metric), and for an ordered target the event times. Returns the result and,
+    for an ordered target, the rows of morphokinetics.csv (event_times)."""
+    n_groups = len(np.unique(data.groups))
+    if n_groups < 2:
+        raise InputError(f"the {spec.name} probe needs at least two {spec.grouped_by}s")
+    folds = list(GroupKFold(n_splits=min(n_splits, n_groups)).split(data.y, groups=data.groups))
+    classes = spec.order(data.y) if spec.task == "classification" else None
+    if classes is not None:  # targets as class numbers, in the classes' order
+        data = replace(data, y=np.array([classes.index(v) for v in data.y.tolist()], dtype=np.int64))
+    n_classes = len(classes) if classes is not None else 0
+    width = data.features["trained"].shape[1]
+    result = {"n_frames": int(len(data.y)), "n_groups": n_groups, "folds": len(folds), "metric": spec.metric,
+              "fit_frames_at_most": max_fit, **({"classes": classes} if classes is not None else {})}
+    decoded = {}
+    for readout in READOUTS:
+        result[readout] = {}
+        for name in (*FEATURE_SETS, BASELINE):
+            x = None if name == BASELINE else data.features.get(name, "not given")
+            if isinstance(x, str):
+                result[readout][name] = {"missing": x}
+                continue
+            widths = pixel_widths(width, x.shape[1]) if name == "pixels" else None
+            pred, chosen = out_of_fold(data, x, spec.task, readout, n_classes, folds, max_fit, widths, seed)
+            result[readout][name] = {**_scores(spec, data, pred, n_classes), "chosen": chosen}
+            if spec.ordered and readout == "linear":
+                decoded[name] = decode_embryos(pred, data.embryo)
+    linear = result["linear"]
+    for control in ("untrained", "pixels"):
+        result[f"margin_over_{control}"] = (linear["trained"][spec.metric] - linear[control][spec.metric]
+                                            if spec.metric in linear[control] else None)
+    if not spec.ordered:
+        return result, None
+    events = event_times(data, decoded, folds, classes)
+    result["event_times"] = events["by_unit"]
+    return result, events["rows"]
 
 
 def phase_target(traj: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -227,14 +321,15 @@ def is_empty_well(traj: dict) -> bool:
 
 
 def hours_target(traj: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Time since the first frame (elapsed), for every frame of a well not labelled empty."""
+    """Hours since the first frame, for every frame of a well with times that is not labelled empty."""
     values, _ = elapsed(traj)
-    return values, np.full(len(values), not is_empty_well(traj))
+    return values, np.full(len(values), has_times(traj) and not is_empty_well(traj))
 
 
-def hours_unit(trajectories: list[dict]) -> str:
-    """The unit(s) of the hours probe's target over these trajectories."""
-    return " and ".join(sorted({elapsed(t)[1] for t in trajectories}))
+def frames_target(traj: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Frames since the first frame, for every frame of a well not labelled empty (when no well has times)."""
+    frames = traj["frame_indices"] if len(traj["frame_indices"]) == len(traj["z"]) else np.arange(len(traj["z"]))
+    return (frames - frames[0]).astype(np.float64), np.full(len(frames), not is_empty_well(traj))
 
 
 def label_target(traj: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -246,6 +341,13 @@ def label_target(traj: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.array([label]), np.array([label >= 0])
 
 
+def count_wells(trajectories: list[dict]) -> dict:
+    """How many trajectories the time probes use and leave out, and why."""
+    return {"with_times": sum(has_times(t) and not is_empty_well(t) for t in trajectories),
+            "without_times_left_out": sum(not has_times(t) and not is_empty_well(t) for t in trajectories),
+            "empty_wells_left_out": sum(is_empty_well(t) for t in trajectories)}
+
+
 @dataclass(frozen=True)
 class ProbeSpec:
     """One probe of the latents, reported beside its controls. analyze_latents.py gathers its data, summary.json
@@ -253,19 +355,40 @@ class ProbeSpec:
 
     name: str
     target: str  # what it predicts, as summary.json says it
-    metric: str  # the headline score, a key of each feature set's result
-    level: str  # "frame": every frame one sample, folds grouped by embryo; "embryo": each trajectory's time-mean,
+    task: str  # "classification" or "regression"
+    metric: str  # the headline score (of the linear readout)
+    level: str  # "frame": every frame a sample, folds grouped by embryo; "recording": a trajectory's time-mean,
     # folds grouped by patient
     values: Callable[[dict], tuple[np.ndarray, np.ndarray]]  # trajectory -> (targets, which of them to use)
-    run: Callable[..., dict]  # (features, y, groups, n_splits, seed) -> the result
-    unit: Callable[[list[dict]], str] | None = None  # the trajectories used -> the target's unit
+    unit: str = ""  # the regression target's unit
+    applies: Callable[[list[dict]], bool] = lambda trajectories: True  # whether it runs on these trajectories
+    order: Callable = lambda y: sorted(set(np.asarray(y).tolist()))  # a classification's targets -> its classes
+    ordered: bool = False  # classes in developmental order: decoded monotone, timed (event times)
+
+    @property
+    def grouped_by(self) -> str:
+        return "embryo" if self.level == "frame" else "patient"
 
 
 PROBES = (
-    ProbeSpec("phase", "developmental phase of each annotated frame", "balanced_accuracy", "frame", phase_target,
-              phase_probe),
-    ProbeSpec("hours", "time since the trajectory's first frame", "r2", "frame", hours_target, hours_probe,
-              hours_unit),
+    ProbeSpec("phase", "developmental phase of each annotated frame", "classification", "balanced_accuracy", "frame",
+              phase_target, order=ordered_phases, ordered=True),
+    ProbeSpec("hours", "hours since the first frame, wells with times only", "regression", "r2", "frame",
+              hours_target, unit="hours", applies=lambda trajectories: any(map(has_times, trajectories))),
+    ProbeSpec("frames", "frames since the first frame (no well has times)", "regression", "r2", "frame",
+              frames_target, unit="frames", applies=lambda trajectories: not any(map(has_times, trajectories))),
     ProbeSpec("label", "the recording's label (0 empty well, 1 embryo) from the time-mean of its latents",
-              "balanced_accuracy", "embryo", label_target, label_probe),
+              "classification", "balanced_accuracy", "recording", label_target),
 )
+
+SPECS = {spec.name: spec for spec in PROBES}
+
+
+def legacy_phase_probe(phase: dict | None) -> dict | None:
+    """The trained latents' linear phase probe in the form of the older `probes.phase_probe` summary key."""
+    if phase is None:
+        return None
+    trained = {k: v for k, v in phase["linear"]["trained"].items() if k in ("balanced_accuracy", "accuracy",
+                                                                            "confusion_matrix")}
+    return {**{k: phase[k] for k in ("n_frames", "n_embryos", "folds", "classes")}, **trained,
+            "majority_baseline_accuracy": phase["linear"]["majority"]["accuracy"]}

@@ -98,47 +98,68 @@ def test_total_persistence_entropy_and_betti_on_a_known_diagram():
     assert geometry.persistence_entropy(np.zeros((0, 2))) == 0.0
 
 
+def frames_data(features: dict, y, embryo, hours=None) -> probes.ProbeData:
+    """ProbeData of frames: folds grouped by embryo, each embryo's frames in time order."""
+    embryo = np.asarray(embryo)
+    frame = np.concatenate([np.arange((embryo == e).sum()) for e in dict.fromkeys(embryo)])
+    hours = np.full(len(embryo), np.nan) if hours is None else np.asarray(hours, dtype=np.float64)
+    return probes.ProbeData(features, np.asarray(y), embryo, embryo, hours, frame)
+
+
 def test_label_probe_separates_separable_recordings_with_folds_grouped_by_patient():
     rng = np.random.default_rng(1)
     y = np.repeat([0, 1], 20)
     x = rng.normal(size=(40, 5)) + 4.0 * y[:, None]
-    groups = np.array([f"P{i // 4}" for i in range(40)])  # 10 patients of 4 embryos each
-    result = probes.label_probe({"trained": x, "pixels": rng.normal(size=(40, 8))}, y, groups, n_splits=5)
-    assert result["folds"] == 5 and result["classes"] == [0, 1] and result["n_groups"] == 10  # groups: patients
-    assert result["trained"]["balanced_accuracy"] > 0.95 and result["pixels"]["balanced_accuracy"] < 0.8
-    assert result["majority"]["balanced_accuracy"] == pytest.approx(0.5)
+    patients = np.array([f"P{i // 4}" for i in range(40)])  # 10 patients of 4 embryos each
+    data = probes.ProbeData({"trained": x, "pixels": rng.normal(size=(40, 8))}, y, patients,
+                            np.array([f"E{i}" for i in range(40)]), np.full(40, np.nan), np.zeros(40, int))
+    result, events = probes.run_probe(probes.SPECS["label"], data, n_splits=5)
+    assert result["folds"] == 5 and result["classes"] == [0, 1] and result["n_groups"] == 10 and events is None
+    for readout in probes.READOUTS:
+        assert result[readout]["trained"]["balanced_accuracy"] > 0.95
+        assert result[readout]["pixels"]["balanced_accuracy"] < 0.8
+        assert result[readout]["majority"]["balanced_accuracy"] == pytest.approx(0.5)
 
 
-def test_phase_probe_beats_the_majority_baseline():
+def test_phase_probe_beats_the_majority_baseline_with_both_readouts():
     rng = np.random.default_rng(2)
     phases = np.tile(np.repeat(["t2", "t4", "tB"], [10, 10, 20]), 6)  # 6 embryos x 40 frames
     centers = {"t2": 0.0, "t4": 3.0, "tB": 6.0}
     x = np.array([centers[p] for p in phases])[:, None] + rng.normal(scale=0.5, size=(240, 4))
-    groups = np.repeat([f"E{i}" for i in range(6)], 40)
-    result = probes.phase_probe({"trained": x, "untrained": "not extracted"}, phases, groups, n_splits=3)
-    assert result["majority"]["accuracy"] == pytest.approx(0.5)
-    assert result["majority"]["balanced_accuracy"] == pytest.approx(1 / 3)
-    assert result["trained"]["accuracy"] > 0.9 and result["trained"]["balanced_accuracy"] > 0.9
+    embryo = np.repeat([f"E{i}" for i in range(6)], 40)
+    data = frames_data({"trained": x, "untrained": "not extracted"}, phases, embryo)
+    result, events = probes.run_probe(probes.SPECS["phase"], data, n_splits=3)
     assert result["classes"] == ["t2", "t4", "tB"] and result["folds"] == 3
-    assert result["untrained"] == {"missing": "not extracted"} and "missing" in result["pixels"]
-    assert result["margin_over_pixels"] is None
+    for readout in probes.READOUTS:
+        trained, majority = result[readout]["trained"], result[readout]["majority"]
+        assert majority["accuracy"] == pytest.approx(0.5) and majority["balanced_accuracy"] == pytest.approx(1 / 3)
+        assert trained["accuracy"] > 0.9 and trained["balanced_accuracy"] > 0.9 and trained["within_one"] > 0.99
+        assert trained["decoded"]["balanced_accuracy"] >= trained["balanced_accuracy"] - 0.02
+        assert len(trained["chosen"]) == 3  # one choice per outer fold
+        assert result[readout]["untrained"] == {"missing": "not extracted"} and "missing" in result[readout]["pixels"]
+    assert result["margin_over_pixels"] is None and result["margin_over_untrained"] is None
+    assert set(result["linear"]["trained"]["chosen"][0]) == {"C"}
+    assert set(result["knn"]["trained"]["chosen"][0]) == {"n_neighbors"}
+    assert set(events["unit"]) == {"frames"}  # no times: onsets in frames
 
 
 def test_hours_probe_recovers_a_known_linear_relation():
     rng = np.random.default_rng(5)
-    groups = np.repeat([f"E{i}" for i in range(5)], 30)
+    embryo = np.repeat([f"E{i}" for i in range(5)], 30)
     hours = np.tile(np.arange(30) * 0.5, 5)  # 0 .. 14.5 h in every embryo
     x = np.c_[2.0 * hours + 3.0, rng.normal(size=(150, 3))]  # hours = (x0 - 3) / 2 exactly
     noise = rng.normal(size=(150, 4))
-    result = probes.hours_probe({"trained": x, "untrained": noise, "pixels": rng.uniform(size=(150, 50))},
-                                hours, groups, n_splits=5)
-    assert result["metric"] == "r2" and result["folds"] == 5 and result["n_groups"] == 5
-    assert result["trained"]["r2"] > 0.999 and result["trained"]["mae"] < 0.05
-    assert result["majority"]["r2"] == pytest.approx(0.0, abs=1e-9)  # every fold's training mean is 7.25 h
-    assert result["majority"]["mae"] == pytest.approx(np.abs(hours - 7.25).mean())
-    assert result["untrained"]["r2"] < 0.2 and result["pixels"]["r2"] < 0.2
-    assert result["pixels"]["pca_components"] == 4  # PCA to the latent width
-    assert result["margin_over_pixels"] == pytest.approx(result["trained"]["r2"] - result["pixels"]["r2"])
+    data = frames_data({"trained": x, "untrained": noise, "pixels": rng.uniform(size=(150, 50))}, hours, embryo)
+    result, events = probes.run_probe(probes.SPECS["hours"], data, n_splits=5)
+    linear = result["linear"]
+    assert result["metric"] == "r2" and result["folds"] == 5 and result["n_groups"] == 5 and events is None
+    assert linear["trained"]["r2"] > 0.999 and linear["trained"]["mae"] < 0.05
+    assert linear["majority"]["r2"] == pytest.approx(0.0, abs=1e-9)  # every fold's training mean is 7.25 h
+    assert linear["majority"]["mae"] == pytest.approx(np.abs(hours - 7.25).mean())
+    assert linear["untrained"]["r2"] < 0.2 and linear["pixels"]["r2"] < 0.2
+    assert {c["n_components"] for c in linear["pixels"]["chosen"]} <= set(probes.pixel_widths(4, 50))
+    assert result["margin_over_pixels"] == pytest.approx(linear["trained"]["r2"] - linear["pixels"]["r2"])
+    assert result["knn"]["trained"]["r2"] > 0.8  # neighbours see the 3 noise columns too
 
 
 def test_hours_probe_chooses_its_ridge_strength_by_embryo():
@@ -147,12 +168,72 @@ def test_hours_probe_chooses_its_ridge_strength_by_embryo():
     (R^2 about -2.8 here), one chosen by leaving out whole embryos shrinks them away."""
     rng = np.random.default_rng(3)
     n_embryos, n_frames, width = 10, 30, 40
-    groups = np.repeat([f"E{i}" for i in range(n_embryos)], n_frames)
+    embryo = np.repeat([f"E{i}" for i in range(n_embryos)], n_frames)
     hours = np.tile(np.arange(n_frames) * 0.5, n_embryos)
     directions = np.repeat(rng.normal(size=(n_embryos, width)), n_frames, axis=0)
     x = hours[:, None] * directions + rng.normal(scale=0.5, size=(n_embryos * n_frames, width))
-    result = probes.hours_probe({"trained": x}, hours, groups, n_splits=5)
-    assert result["trained"]["r2"] > -0.5
+    result, _ = probes.run_probe(probes.SPECS["hours"], frames_data({"trained": x}, hours, embryo), n_splits=5)
+    assert result["linear"]["trained"]["r2"] > -0.5
+
+
+def test_inner_folds_can_choose_a_pixel_width_past_the_latent_width():
+    """The phase lives in 12 low-variance pixel directions under 8 loud ones: PCA to the latent width (4) keeps only
+    the loud noise; the inner folds choose a wider PCA and the pixel control reads the phase."""
+    rng = np.random.default_rng(4)
+    embryo = np.repeat([f"E{i}" for i in range(8)], 30)
+    phase_index = np.tile(np.repeat([0, 1, 2], 10), 8)
+    signal = rng.normal(size=(3, 12))[phase_index] + 0.3 * rng.normal(size=(240, 12))
+    pixels = np.c_[30.0 * rng.normal(size=(240, 8)), signal]
+    data = frames_data({"trained": rng.normal(size=(240, 4)), "pixels": pixels},
+                       np.array(["t2", "t4", "tB"])[phase_index], embryo)
+    result, _ = probes.run_probe(probes.SPECS["phase"], data, n_splits=4)
+    chosen = [c["n_components"] for c in result["linear"]["pixels"]["chosen"]]
+    assert probes.pixel_widths(4, 20) == [2, 4, 8, 16] and min(chosen) > 4
+    assert result["linear"]["pixels"]["balanced_accuracy"] > 0.9 and result["margin_over_pixels"] < -0.4
+
+
+def test_pixel_widths_go_past_the_latent_width_within_the_pixels():
+    assert probes.pixel_widths(32, 256) == [8, 16, 32, 64, 128]
+    assert probes.pixel_widths(256, 256) == [64, 128, 256]
+    assert probes.pixel_widths(2, 256) == [2, 4, 8]
+
+
+def test_monotone_decoding_recovers_the_sequence_from_noisy_probabilities_and_never_goes_back():
+    rng = np.random.default_rng(6)
+    truth = np.repeat([0, 1, 2, 4, 5], [12, 1, 20, 15, 12])  # class 3 skipped, class 1 one frame long
+    probs = 0.5 * np.eye(6)[truth] + rng.uniform(0, 1, size=(len(truth), 6))  # the argmax: right 2 times in 3
+    probs /= probs.sum(axis=1, keepdims=True)
+    decoded = probes.monotone_decode(probs)
+    assert (probs.argmax(axis=1) == truth).mean() < 0.75
+    assert (decoded == truth).mean() > 0.85 and (np.diff(decoded) >= 0).all()
+    for _ in range(20):  # whatever the probabilities, the decoded phases never go backwards
+        assert (np.diff(probes.monotone_decode(rng.dirichlet(np.ones(6), size=40))) >= 0).all()
+    assert probes.monotone_decode(np.eye(3)[[2, 1, 0]]).tolist() in ([0, 0, 0], [1, 1, 1], [2, 2, 2])
+
+
+def test_event_times_equal_the_annotation_when_the_probabilities_are_right():
+    """Features that give the phase away: every decoded onset is the annotated one, in hours (embryos with times,
+    each sampled at its own hours) and in frames (an embryo without), reported apart."""
+    rng = np.random.default_rng(8)
+    names, lengths = ["t2", "t3", "t4", "t8", "tB"], [(6, 1, 9, 8, 6), (5, 2, 7, 10, 6), (7, 1, 8, 9, 5)]
+    y, embryo, hours = [], [], []
+    for e in range(9):
+        counts = lengths[e % 3]
+        y += [names[k] for k, c in enumerate(counts) for _ in range(c)]
+        embryo += [f"E{e}"] * sum(counts)
+        times = 20.0 + e + np.cumsum(rng.uniform(0.2, 0.4, size=sum(counts)))
+        hours += list(times) if e else [np.nan] * sum(counts)  # E0 has no times
+    y = np.array(y)
+    x = np.eye(5)[[names.index(p) for p in y]] + 0.01 * rng.normal(size=(len(y), 5))
+    result, events = probes.run_probe(probes.SPECS["phase"], frames_data({"trained": x}, y, embryo, hours),
+                                      n_splits=3)
+    trained = events[events["source"] == "trained"]
+    np.testing.assert_allclose(trained["predicted_onset"], trained["annotated_onset"])
+    assert result["event_times"]["hours"]["mae"]["trained"] == 0 and result["event_times"]["hours"]["n_embryos"] == 8
+    assert result["event_times"]["frames"]["n_embryos"] == 1 and set(trained[trained["unit"] == "frames"]["embryo"]) \
+        == {"E0"}
+    assert set(result["event_times"]["hours"]["mae_per_event"]) == set(names)
+    assert result["event_times"]["hours"]["mae"]["median_onset"] > 0  # the clock alone misses each embryo's timing
 
 
 def _acf_dropoff(x):
@@ -263,7 +344,7 @@ def test_cli_on_handmade_latents_writes_every_output(tmp_path):
     assert label["grouped_by"] == "patient" and label["classes"] == [0, 1]
     probe = summary["phase_probe"]
     assert probe["n_frames"] == 6 * 30 and probe["n_embryos"] == 6
-    assert "missing" in summary["probes"]["phase"]["pixels"]
+    assert "missing" in summary["probes"]["phase"]["linear"]["pixels"]
     assert summary["probes"]["hours"]["n_embryos"] == 6  # the two empty wells have no development to time
     assert (out / "probes.png").is_file() and "tphate_dropoff" in pd.read_csv(out / "per_embryo.csv")
     assert 0 <= probe["majority_baseline_accuracy"] <= 1 and 0 <= probe["accuracy"] <= 1
@@ -280,8 +361,9 @@ def test_cli_without_probabilities_reports_the_label_probe_alone(tmp_path):
     assert summary["classification"] is None and not (tmp_path / "a" / "roc_curve.png").exists()
     label = summary["probes"]["label"]  # each clip's time-mean, folds grouped by patient
     assert label["folds"] == 2 and label["n_embryos"] == 8 and label["n_groups"] == 4
-    assert 0 <= label["trained"]["balanced_accuracy"] <= 1 and 0 <= label["majority"]["balanced_accuracy"] <= 1
-    assert "missing" in label["untrained"]  # clip latents have no controls
+    linear = label["linear"]
+    assert 0 <= linear["trained"]["balanced_accuracy"] <= 1 and 0 <= linear["majority"]["balanced_accuracy"] <= 1
+    assert "missing" in linear["untrained"]  # clip latents have no controls
     assert summary["trajectories"]["embedding_methods"] == {"pca": 8}  # 4-frame clips: too short for T-PHATE
     assert not list((tmp_path / "a" / "tphate").glob("*.png"))
 
@@ -321,9 +403,9 @@ def test_missing_latents_folder_is_a_clear_error(tmp_path):
         al.main(args)
 
 
-def _write_probe_latents(root, controls=True, n_embryos=6, n_frames=30, channels=8, n_pixels=64):
+def _write_probe_latents(root, controls=True, n_embryos=6, n_frames=30, channels=8, n_pixels=64, untimed=()):
     """Trajectory files as extract_latents.py writes them: z carries the phase and the time since the first frame
-    linearly; z_untrained and pixels (when written) carry only noise."""
+    linearly; z_untrained and pixels (when written) carry only noise. The embryos in `untimed` have no times."""
     rng = np.random.default_rng(7)
     folder = root / "trajectories"
     folder.mkdir(parents=True)
@@ -334,7 +416,8 @@ def _write_probe_latents(root, controls=True, n_embryos=6, n_frames=30, channels
         since_start = np.arange(n_frames) * 0.5
         z = 3.0 * phase_dirs[phase_index] + 0.3 * np.outer(since_start, time_dir)
         arrays = {"z": (z + 0.1 * rng.normal(size=z.shape)).astype(np.float32), "frame_indices": np.arange(n_frames),
-                  "hours": (20.0 + 3 * e + since_start).astype(np.float32),  # each recording starts at another hour
+                  "hours": (20.0 + 3 * e + since_start if e not in untimed else np.full(n_frames, np.nan)
+                            ).astype(np.float32),  # each recording starts at another hour
                   "phase": np.array(["t2", "t4", "tB"])[phase_index]}
         if controls:
             arrays[UNTRAINED_KEY] = rng.normal(size=z.shape).astype(np.float32)
@@ -355,15 +438,41 @@ def test_probes_report_the_trained_latents_beside_every_control(tmp_path):
     summary = _analyse(tmp_path, _write_probe_latents(tmp_path / "latents"), "--trim_start", "2")
     phase, hours = summary["probes"]["phase"], summary["probes"]["hours"]
     assert phase["n_frames"] == hours["n_frames"] == 6 * 28 and phase["n_embryos"] == 6
-    assert phase["trained"]["balanced_accuracy"] > 0.9
-    assert phase["pixels"]["balanced_accuracy"] < 0.6 and phase["untrained"]["balanced_accuracy"] < 0.6
-    assert phase["majority"]["balanced_accuracy"] == pytest.approx(1 / 3, abs=0.05)
-    assert phase["margin_over_pixels"] > 0.3 and phase["pixels"]["pca_components"] == 8
-    assert hours["unit"] == "hours" and hours["trained"]["r2"] > 0.9 and hours["trained"]["mae"] < 1.0
-    assert hours["pixels"]["r2"] < 0.3 and hours["untrained"]["r2"] < 0.3 and hours["majority"]["r2"] <= 0
-    assert hours["margin_over_pixels"] > 0.6
-    assert summary["phase_probe"]["accuracy"] == phase["trained"]["accuracy"]  # the older key still holds
-    assert (tmp_path / "analysis" / "probes.png").is_file()
+    linear = phase["linear"]
+    assert linear["trained"]["balanced_accuracy"] > 0.9 and linear["trained"]["decoded"]["balanced_accuracy"] > 0.9
+    assert linear["pixels"]["balanced_accuracy"] < 0.6 and linear["untrained"]["balanced_accuracy"] < 0.6
+    assert linear["majority"]["balanced_accuracy"] == pytest.approx(1 / 3, abs=0.05)
+    assert phase["margin_over_pixels"] > 0.3 and phase["margin_over_untrained"] > 0.3
+    assert all(c["n_components"] in probes.pixel_widths(8, 64) for c in linear["pixels"]["chosen"])
+    assert hours["unit"] == "hours" and hours["linear"]["trained"]["r2"] > 0.9 and hours["linear"]["trained"]["mae"] < 1
+    assert hours["linear"]["pixels"]["r2"] < 0.3 and hours["linear"]["untrained"]["r2"] < 0.3
+    assert hours["linear"]["majority"]["r2"] <= 0 and hours["margin_over_pixels"] > 0.6
+    assert hours["wells"] == {"with_times": 6, "without_times_left_out": 0, "empty_wells_left_out": 0}
+    assert summary["phase_probe"]["accuracy"] == linear["trained"]["accuracy"]  # the older key still holds
+    events = pd.read_csv(tmp_path / "analysis" / "morphokinetics.csv")
+    assert set(events["phase"]) == {"t2", "t4", "tB"}
+    assert set(events["source"]) == {"trained", "untrained", "pixels", "majority", "median_onset"}
+    assert phase["event_times"]["hours"]["mae"]["trained"] < 1.0  # the decoded onsets land on the annotated ones
+    assert (tmp_path / "analysis" / "probes.png").is_file() and (tmp_path / "analysis" / "morphokinetics.png").is_file()
+
+
+def test_wells_without_times_never_enter_the_hours_probe(tmp_path):
+    summary = _analyse(tmp_path, _write_probe_latents(tmp_path / "latents", untimed=(0, 3)))
+    hours = summary["probes"]["hours"]
+    assert hours["n_embryos"] == 4 and hours["n_frames"] == 4 * 30 and hours["unit"] == "hours"
+    assert hours["wells"] == {"with_times": 4, "without_times_left_out": 2, "empty_wells_left_out": 0}
+    assert "frames" not in summary["probes"]
+    phase = summary["probes"]["phase"]  # the phase probe keeps every embryo; the untimed ones' onsets in frames
+    assert phase["n_embryos"] == 6 and phase["event_times"]["frames"]["n_embryos"] == 2
+    assert phase["event_times"]["hours"]["n_embryos"] == 4
+
+
+def test_without_any_times_the_time_probe_says_frames(tmp_path):
+    summary = _analyse(tmp_path, _write_probe_latents(tmp_path / "latents", untimed=range(6)))
+    assert "hours" not in summary["probes"]
+    frames = summary["probes"]["frames"]
+    assert frames["unit"] == "frames" and "frames" in frames["target"] and frames["n_embryos"] == 6
+    assert frames["linear"]["trained"]["r2"] > 0.9
 
 
 def test_missing_controls_are_reported_as_missing_and_probes_subsample(tmp_path):
@@ -371,9 +480,11 @@ def test_missing_controls_are_reported_as_missing_and_probes_subsample(tmp_path)
                        "--probe_max_frames", "60")
     assert summary["probes"]["label"] is None  # every well holds an embryo: one class
     for probe in (summary["probes"]["phase"], summary["probes"]["hours"]):
-        assert probe["n_frames"] == 60
-        assert "z_untrained" in probe["untrained"]["missing"] and "pixels" in probe["pixels"]["missing"]
-        assert probe["margin_over_pixels"] is None and probe["metric"] in probe["trained"]
+        assert probe["n_frames"] == 6 * 30 and probe["fit_frames_at_most"] == 60  # fits on 60, predicts every frame
+        for readout in probes.READOUTS:
+            assert "z_untrained" in probe[readout]["untrained"]["missing"]
+            assert "pixels" in probe[readout]["pixels"]["missing"] and probe["metric"] in probe[readout]["trained"]
+        assert probe["margin_over_pixels"] is None and probe["margin_over_untrained"] is None
     assert (tmp_path / "analysis" / "probes.png").is_file()
 
 

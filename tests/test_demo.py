@@ -31,36 +31,45 @@ def test_short_run_improves_validation_loss(tmp_path):
     assert history[-1]["val_ms_ssim"] < history[0]["val_ms_ssim"]
 
 
+def _phase(balanced, decoded, within):
+    return {"balanced_accuracy": balanced, "decoded": {"balanced_accuracy": decoded, "within_one": within}}
+
+
 def test_report_prints_outputs_and_headline_numbers(tmp_path, capsys):
     (tmp_path / "logs").mkdir()
     (tmp_path / "analysis").mkdir()
     log = [{"epoch": 1, "val_total": 0.8, "val_ms_ssim": 0.6}, {"epoch": 2, "val_total": 0.2, "val_ms_ssim": 0.25}]
     (tmp_path / "logs" / "training_log.json").write_text(json.dumps(log))
+    phase = {"metric": "balanced_accuracy", "n_embryos": 9, "grouped_by": "embryo",
+             "linear": {"trained": _phase(0.7, 0.75, 0.9), "untrained": _phase(0.3, 0.35, 0.6),
+                        "pixels": _phase(0.45, 0.5, 0.7), "majority": _phase(0.0625, 0.0625, 0.2)},
+             "event_times": {"hours": {"n_embryos": 9, "mae": {"trained": 4.04, "untrained": 9.0, "pixels": 7.0,
+                                                               "majority": 30.0, "median_onset": 5.0}}}}
+    hours = {"metric": "r2", "unit": "hours", "n_embryos": 10, "grouped_by": "embryo",
+             "linear": {"trained": {"r2": 0.9, "mae": 4.0}, "untrained": {"missing": "no z_untrained"},
+                        "pixels": {"missing": "no pixels"}, "majority": {"r2": -0.01, "mae": 20.0}}}
     summary = {"figures": ["a.png", "b.png"],
                "classification": {"roc_auc": 0.98, "source": "model classifier probabilities (clips/probs.npy)",
                                   "by_split": {"val": {"roc_auc": 1.0}}},
-               "probes": {
-                   "phase": {"metric": "balanced_accuracy", "n_embryos": 9, "grouped_by": "embryo",
-                             "margin_over_pixels": 0.25,
-                             "trained": {"balanced_accuracy": 0.7}, "untrained": {"balanced_accuracy": 0.3},
-                             "pixels": {"balanced_accuracy": 0.45}, "majority": {"balanced_accuracy": 0.0625}},
-                   "hours": {"metric": "r2", "unit": "hours", "n_embryos": 10, "grouped_by": "embryo",
-                             "margin_over_pixels": None,
-                             "trained": {"r2": 0.9, "mae": 4.0}, "untrained": {"missing": "no z_untrained"},
-                             "pixels": {"missing": "no pixels"}, "majority": {"r2": -0.01, "mae": 20.0}},
-                   "label": None}}
+               "probes": {"phase": phase, "hours": hours, "label": None}}
     (tmp_path / "analysis" / "summary.json").write_text(json.dumps(summary))
     assert demo_report.main(demo_report.get_args_parser().parse_args(["--demo_dir", str(tmp_path)])) == 0
     out = capsys.readouterr().out
     assert "epoch 1: 0.400   epoch 2: 0.750" in out
     assert "ROC AUC 0.980 on all wells, 1.000 on validation wells" in out
     headline = out.split("Headline numbers\n")[1].splitlines()
-    assert headline[0].split()[:5] == ["margin", "over", "pixels", "phase", "balanced"]  # the first number ...
-    assert "+0.250" in headline[0] and "hours R^2 missing" in headline[0]  # ... is trained minus raw pixels
+    assert headline[0].split()[:2] == ["margins", "phase"]  # the first numbers: trained minus the untrained model
+    assert ("phase (decoded) balanced accuracy +0.400 over untrained, +0.250 over pixels; hours R^2 untrained "
+            "missing, pixels missing" in headline[0])
     assert ("balanced accuracy: trained 0.700, untrained 0.300, pixels 0.450, majority 0.062 (9 embryos, folds "
             "grouped by embryo)" in headline[1])
-    assert "R^2: trained 0.900 (MAE 4.00 hours), untrained missing, pixels missing, majority -0.010" in headline[2]
-    assert headline[3].split()[:3] == ["label", "probe", "not"]  # one line per probe, in the summary's order
+    assert ("balanced accuracy: trained 0.750, untrained 0.350, pixels 0.500, majority 0.062; within one phase: "
+            "trained 0.900, untrained 0.600" in headline[2])
+    assert "MAE of the onsets (hours): trained 4.0, untrained 9.0, pixels 7.0, majority 30.0, median_onset 5.0" \
+        in headline[3]
+    assert ("R^2: trained 0.900, untrained missing, pixels missing, majority -0.010; MAE (hours): trained 4.00, "
+            "untrained missing" in headline[4])
+    assert headline[5].split()[:3] == ["label", "not", "run"]  # one line per probe, in the summary's order
     assert "2 figures" in out
 
 

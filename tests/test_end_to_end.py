@@ -40,5 +40,8 @@ def test_train_extract_analyze(tmp_path):
     assert z.shape == (10, 8) and np.isfinite(z).all()
     run("analyze_latents.py", "--latents", tmp_path / "latents", "--out", tmp_path / "analysis")
     summary = json.loads((tmp_path / "analysis" / "summary.json").read_text())
-    assert summary["probes"]["phase"]["trained"]["balanced_accuracy"] >= 0
-    assert (tmp_path / "analysis" / "probes.png").is_file()
+    phase = summary["probes"]["phase"]
+    assert 0 <= phase["linear"]["trained"]["decoded"]["balanced_accuracy"] <= 1
+    assert phase["event_times"]["hours"]["n_embryos"] == phase["n_embryos"] > 0
+    for name in ("probes.png", "morphokinetics.png", "morphokinetics.csv"):
+        assert (tmp_path / "analysis" / name).is_file(), name
