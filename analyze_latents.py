@@ -49,6 +49,7 @@ from cli import (
     write_bytes,
 )
 from frames_io import patient_of
+from index_csv import SPLITS
 
 TRAJECTORY_KEYS = (LATENT_KEY, "frame_indices", "hours", "phase")  # the arrays every trajectory file has
 CONTROL_KEYS = {"untrained": UNTRAINED_KEY, "pixels": PIXELS_KEY}  # control arrays, read only for the probes
@@ -356,6 +357,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", type=str, default="auto", choices=["auto", "trajectories", "clips"],
                         help="latents for the trajectory analyses: auto = trajectories/ if present else each "
                              "clip's z_seq (default: auto)")
+    parser.add_argument("--split", type=str, default="all", choices=("all",) + SPLITS,
+                        help="analyse only the recordings of this split (the extraction's split column): val = the "
+                             "wells the training run held out, as a supervised run (--phase_weight) must be "
+                             "judged (default: %(default)s)")
     parser.add_argument("--trim_start", type=int, default=0,
                         help="drop the first N frames of each trajectory before analysing it: the encoder state "
                              "starts from zero, so the first steps of a recording move fast (default: 0)")
@@ -409,15 +414,19 @@ def main(args: argparse.Namespace) -> dict:
     clips = load_clips(latents) if has_clips else None
     use_traj = has_traj and args.source != "clips"
     trajectories = load_trajectories(latents) if use_traj else trajectories_from_clips(clips)
+    if args.split != "all":  # e.g. only the wells the training run held out
+        trajectories = [t for t in trajectories if str(t["meta"].get("split", "")) == args.split]
     n_loaded = len(trajectories)
     trajectories = trim_start(trajectories, args.trim_start)
     if not trajectories:
-        raise InputError(f"{latents}: no trajectory with at least {args.trim_start + 3} frames "
-                         f"(loaded {n_loaded}); lower --trim_start or check the extraction")
+        of_split = "" if args.split == "all" else f" of split {args.split}"
+        raise InputError(f"{latents}: no trajectory{of_split} with at least {args.trim_start + 3} frames (loaded "
+                         f"{n_loaded}); lower --trim_start, choose another --split or check the extraction")
     out.mkdir(parents=True, exist_ok=True)
 
     summary = {"latents": str(latents), "trajectory_source": "trajectories" if use_traj else "clips (pooled z_seq)",
-               "trim_start": args.trim_start, "trajectories_dropped_as_too_short": n_loaded - len(trajectories)}
+               "split": args.split, "trim_start": args.trim_start,
+               "trajectories_dropped_as_too_short": n_loaded - len(trajectories)}
     for name in (TRAJECTORY_DIR, CLIPS_DIR):
         info = latents / name / "info.json"
         if info.is_file():

@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import cli
 import train
 from bench_reference import PlainAutoencoder, reference_state_dict
+from frames_io import PHASES
 from losses import AutoencoderLoss
 from model import ConvLSTMAutoencoder, ModelConfig, add_model_args, config_from_args, forward_loss, training_forward
 
@@ -252,16 +253,27 @@ def settings(args) -> dict:
     return picked
 
 
+def synthetic_batch(config: ModelConfig, batch_size: int, seq_len: int, device, views: bool) -> dict:
+    """A training batch of random clips with every field a loss part reads (a second view when views)."""
+    def clips():
+        return torch.rand(batch_size, seq_len, config.in_channels, config.image_size, config.image_size,
+                          device=device)  # (B, T, 1, H, W)
+
+    steps = torch.arange(seq_len, device=device).expand(batch_size, -1)  # (B, T)
+    batch = {"video": clips(), "label": torch.randint(0, config.num_classes, (batch_size,), device=device),
+             "frame_indices": 5 * steps, "recording_frames": torch.full((batch_size,), 5 * seq_len, device=device),
+             "phase_index": torch.randint(-1, len(PHASES), (batch_size, seq_len), device=device)}
+    return {**batch, "view": clips()} if views else batch
+
+
 def measure_steps(config: ModelConfig, device, amp_dtype, args, batch_size: int, seq_len: int, steps: int,
                   warmup: int, matmul_n: int) -> dict:
     """Times, FLOPs and peak memory of the project's step and the plain reference (the loss of the flags, as
     train.py builds it), and the matmul probes."""
-    size = config.image_size
     model = ConvLSTMAutoencoder(config).to(device).train()
     reference = PlainAutoencoder(config).to(device).train()
     reference.load_state_dict(reference_state_dict(model.state_dict()))
-    batch = {"video": torch.rand(batch_size, seq_len, config.in_channels, size, size, device=device),  # (B,T,1,H,W)
-             "label": torch.randint(0, config.num_classes, (batch_size,), device=device)}
+    batch = synthetic_batch(config, batch_size, seq_len, device, views=args.contrast_weight > 0)
     loss_fn = AutoencoderLoss.from_args(args, config)
     with torch.no_grad():  # the two implementations compute the same function (fp32)
         check = batch["video"][:2, :3]

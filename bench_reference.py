@@ -4,6 +4,7 @@ cat(x_t, h) per time step, fp32, contiguous, no compile), loadable with the proj
 import torch
 import torch.nn as nn
 
+from frames_io import PHASES
 from model import ModelConfig
 
 
@@ -41,9 +42,9 @@ class PlainAutoencoder(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.peephole or config.upsample != "transposed":
-            raise ValueError("the plain reference has no peepholes and transposed upsampling only; benchmark a "
-                             "config with peephole=False and upsample='transposed'")
+        if config.peephole or config.upsample != "transposed" or config.init_state != "zero":
+            raise ValueError("the plain reference has no peepholes, transposed upsampling only and a zero initial "
+                             "state; benchmark a config with peephole=False, upsample='transposed', init_state='zero'")
         c1, c2, c3 = config.cnn_channels
         hid, dec = config.encoder_hidden_dim, config.decoder_hidden_dim
         half, quarter = max(dec // 2, 1), max(dec // 4, 1)
@@ -65,6 +66,8 @@ class PlainAutoencoder(nn.Module):
                                         nn.Linear(h2, config.num_classes)) if config.use_classifier else None
         self.predictor = (nn.Conv2d(hid, hid, config.kernel_size, padding=config.kernel_size // 2)
                           if config.predict_next else None)
+        self.clock = nn.Linear(hid, 1, bias=False) if config.time_head else None
+        self.phase_head = nn.Linear(hid, len(PHASES)) if config.phase_head else None
 
     def decode(self, z_seq: torch.Tensor) -> torch.Tensor:
         b, t = z_seq.shape[:2]  # (B, T, hid, H/8, W/8)
@@ -72,11 +75,20 @@ class PlainAutoencoder(nn.Module):
         frames = torch.sigmoid(self.frame_decoder(hidden_seq.flatten(0, 1)))  # (B*T, C, H, W)
         return frames.unflatten(0, (b, t))  # (B, T, C, H, W)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, view: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         b, t = x.shape[:2]  # (B, T, C, H, W)
-        features = self.frame_encoder(x.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, c3, H/8, W/8)
-        z_seq = self.encoder(features)  # (B, T, hid, H/8, W/8)
+        clips = x if view is None else torch.cat([x, view])  # (B or 2B, T, C, H, W)
+        features = self.frame_encoder(clips.flatten(0, 1)).unflatten(0, (len(clips), t))  # (., T, c3, H/8, W/8)
+        z_all = self.encoder(features)  # (B or 2B, T, hid, H/8, W/8)
+        z_seq = z_all[:b]
         output = {"reconstruction": self.decode(z_seq), "z_seq": z_seq, "z_last": z_seq[:, -1]}
+        if view is not None:
+            output["z_view"] = z_all[b:]
+        pooled = z_seq.mean(dim=(3, 4))  # (B, T, hid)
+        if self.clock is not None:
+            output["clock"] = self.clock(pooled).squeeze(-1)  # (B, T)
+        if self.phase_head is not None:
+            output["phase_logits"] = self.phase_head(pooled)  # (B, T, len(PHASES))
         if self.predictor is not None and t > 1:  # frames 2..T from the guessed next latents
             output["prediction"] = self.decode(self.predictor(z_seq[:, :-1].flatten(0, 1)).unflatten(0, (b, t - 1)))
         if self.classifier is not None:

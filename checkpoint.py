@@ -38,7 +38,8 @@ RESUME_FLAGS = {
     **dict.fromkeys(("seq_len", "sampling", "normalize", "augment", "val_fraction", "seed", "batch_size",
                      "learning_rate", "weight_decay", "warmup_epochs", "grad_clip", "image_size", "encoder_hidden_dim",
                      "encoder_layers", "decoder_hidden_dim", "decoder_layers", "kernel_size", "peephole",
-                     "use_classifier", "num_classes", "upsample", "mask_ratio", "predict_next"), "refuse"),
+                     "use_classifier", "num_classes", "upsample", "mask_ratio", "predict_next", "init_state",
+                     "contrast_temperature"), "refuse"),
     **{part.flag: part.resume for part in LOSS_PARTS},
     # num_epochs: the cosine schedule ends at the new last epoch; index_csv: the same recordings may be reached
     # by another path (a CHTC job's checkpoint continued on a workstation)

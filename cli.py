@@ -73,17 +73,30 @@ LOSS_PARTS = (
              needs="use_classifier"),
     LossPart("prediction", "predict_weight", 0.5, "weight of the next-frame guess's loss (L1 and 1 - MS-SSIM "
              "weighted as for the reconstruction)", needs="predict_next"),
+    LossPart("contrast", "contrast_weight", 0.0, "weight of the two-view term (off at 0): each training clip is "
+             "also drawn as another well would record it (shift, zoom, rotation, flips, gain, gamma, blur), both "
+             "are encoded, and InfoNCE pulls each frame's pooled latent to the same frame of the other view and "
+             "away from every other frame and clip of the batch (--contrast_temperature)"),
+    LossPart("time_gap", "time_gap_weight", 0.0, "weight of the time-gap term (off at 0): a linear clock read from "
+             "each frame's pooled latent guesses the time between every two frames of a clip (mean absolute error, "
+             "in fractions of the recording); best with --sampling span", title="time gap"),
+    LossPart("phase", "phase_weight", 0.0, "weight of a supervised per-frame phase head on the pooled latent (off "
+             "at 0; needs --annotations_dir; frames without a phase add nothing): makes the run supervised, the "
+             "ceiling of the self-supervised runs"),
 )
 LOSS_KEYS = ("total", "reconstruction", *(part.name for part in LOSS_PARTS))  # what the log holds per epoch
 LOSS_WEIGHT_FLAGS = tuple(part.flag for part in LOSS_PARTS)
 
 
 def add_loss_args(group):
-    """The weight flag of every loss part (train.py, verify_data_connection.py, bench.py)."""
+    """The weight flag of every loss part, and the two-view term's temperature (train.py, verify_data_connection.py,
+    bench.py)."""
     for part in LOSS_PARTS:
         used = f"; used only with --{part.needs}" if part.needs else ""
         group.add_argument(f"--{part.flag}", type=float, default=part.default,
                            help=f"{part.help}{used} (default: %(default)s)")
+    group.add_argument("--contrast_temperature", type=float, default=0.1,
+                       help="temperature of the two-view term's InfoNCE (default: %(default)s)")
 
 
 class ScriptError(Exception):
@@ -166,12 +179,15 @@ def check_seed(seed: int):
         raise InputError(f"--seed must be in [0, 2**32), got {seed}")
 
 
-def check_numbers(args, at_least: dict[str, float], finite: tuple[str, ...] = ()):
-    """InputError naming the first flag in `finite` that is NaN or infinite, or that is below its `at_least` value
-    (None values, meaning "the default", are skipped)."""
+def check_numbers(args, at_least: dict[str, float], finite: tuple[str, ...] = (), positive: tuple[str, ...] = ()):
+    """InputError naming the first flag in `finite` that is NaN or infinite, in `positive` that is not above 0, or
+    that is below its `at_least` value (None values, meaning "the default", are skipped)."""
     for name in finite:
         if not math.isfinite(getattr(args, name)):
             raise InputError(f"--{name} must be a finite number, got {getattr(args, name)}")
+    for name in positive:
+        if not getattr(args, name) > 0:
+            raise InputError(f"--{name} must be > 0, got {getattr(args, name)}")
     for name, low in at_least.items():
         value = getattr(args, name)
         if value is not None and not value >= low:

@@ -10,7 +10,6 @@ Frames are decoded by frames_io.FrameStore (grayscale, centre-cropped to a squar
 """
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -19,19 +18,14 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from tqdm import tqdm
 
-from cli import DEFAULT_SEED, EXIT_STOPPED, FLAG_ALIASES, InputError, Stopped, StopSignal, atomic_write
-from frames_io import (
-    PHASES,
-    BadFile,
-    FrameStore,
-)
-from index_csv import SPLITS, assign_splits, attach_annotations, group_recordings, read_index
+from cli import DEFAULT_SEED, FLAG_ALIASES, InputError, StopSignal, atomic_write
+from frames_io import PHASES, BadFile, FrameStore
+from index_csv import SPLITS, assign_splits, attach_annotations, check_sources, group_recordings, read_index, row_error
 
 log = logging.getLogger(__name__)
 
-SAMPLINGS = ("uniform", "window")
+SAMPLINGS = ("uniform", "window", "span")
 # The DataConfig fields whose extract_latents.py flags default to the training run's (from its checkpoint).
 INHERITED_FIELDS = ("seq_len", "sampling", "normalize", "annotations_dir", "cache_dir")
 NORMALIZATIONS = ("percentile", "none", "zscore")
@@ -55,6 +49,8 @@ class DataConfig:
     # Training clips per recording and epoch (video rows only; clip rows and eval keep one per row). 20 makes an
     # epoch of the public set (~560 training wells) about as long as the 13.3k sliding windows of the clip-row form.
     clips_per_recording: int = 20
+    two_views: bool = False  # training items also hold `view`: the clip as another well would record it
+
 
     def __post_init__(self):
         self.normalize = NORMALIZE_ALIASES.get(self.normalize, self.normalize)
@@ -73,8 +69,10 @@ class DataConfig:
 
     @classmethod
     def from_args(cls, args) -> "DataConfig":
-        """The data flags of add_data_args (and --image_size, --seed)."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        """The data flags of add_data_args (and --image_size, --seed); two views when the loss's two-view term is on
+        (--contrast_weight above 0)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name != "two_views"},
+                   two_views=getattr(args, "contrast_weight", 0.0) > 0)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict) -> "DataConfig":
@@ -112,56 +110,23 @@ def resolve_cache_dir(cache_dir, index_csv):
     return Path(index_csv).parent / ".ivf_cache" if str(cache_dir) == "auto" else Path(cache_dir)
 
 
-def row_error(index_csv, row, msg: str) -> InputError:
-    """The error of an index.csv row: names the file, the line and the embryo."""
-    return InputError(f"{index_csv} line {row.line} ({row.cell_id}): {msg}")
-
-
-def check_sources(rows: list, sources: dict, store: FrameStore, skip_bad: bool, stop: StopSignal | None,
-                  index_csv) -> list:
-    """The rows whose recordings can be read: every source is opened (with a cache, decoded into it once; later
-    checks only stat the files; without, a fast reduced-resolution decode of every frame). An unreadable one is an
-    InputError naming the row, or with skip_bad a warning line per row it drops (and a count); no usable row is
-    still an error. A stop signal (`stop`, a cli.StopSignal) ends the checks between two sources (cli.Stopped)."""
-    users = {}
-    for r in rows:
-        users.setdefault(r.source, []).append(r)
-    bad_rows = 0
-    desc = "decoding into cache" if store.cache_dir else "checking sources"
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for key, src in tqdm(sources.items(), desc=desc, unit="source", leave=False, disable=None):
-            if stop is not None and stop.received:
-                raise Stopped(f"{stop.received} while the sources of {index_csv} were checked: nothing "
-                              f"to save yet (the frame cache keeps what was decoded); exit {EXIT_STOPPED}")
-            try:
-                store.prepare(src, pool)
-            except BadFile as e:
-                src.error = str(e)
-                if not skip_bad:
-                    raise row_error(index_csv, users[key][0], f"{e}; fix or remove the row, or pass --skip_bad") \
-                        from None
-                for r in users[key]:
-                    log.warning("skipping %s line %d (%s): %s", index_csv, r.line, r.cell_id, e)
-                    bad_rows += 1
-    good = [r for r in rows if not sources[r.source].error]
-    if bad_rows:
-        log.warning("%s: skipped %d of %d rows with unreadable sources", index_csv, bad_rows, len(rows))
-    if not good:
-        raise InputError(f"{index_csv}: no usable rows (all {len(rows)} rows were skipped as unreadable)")
-    return good
-
-
 def clip_positions(given: np.ndarray | None, n: int, seq_len: int, sampling: str, clips: int,
                    rng: np.random.Generator | None, k: int = 0) -> np.ndarray:
     """Frame positions (T,) of clip k of a row's `clips` (K) clips in a recording of n frames; rng (the row's, the
     same for its K clips) is None in eval (deterministic). With K = 1 the draws are those of one clip per row.
     given: a clip row's own positions, resampled evenly to seq_len. "uniform" spreads seq_len frames over the
     whole recording (jittered per segment in training); "window" takes contiguous frames (centred in eval, a
-    random start in training). The K clips of a row differ: uniform gives each clip another frame of every
-    segment at least K frames wide; window spreads the K starts evenly over the recording with one random shift
-    (distinct while there are at least K starts). Each clip is still uniform alone. Recordings shorter than
-    seq_len repeat frames."""
+    random start in training); "span" spreads them over a random stretch of the recording in training (uniform
+    in eval), so that a clip's step no longer tells how much time passed. The K clips of a row differ: uniform
+    gives each clip another frame of every segment at least K frames wide; window spreads the K starts evenly
+    over the recording with one random shift (distinct while there are at least K starts); span draws a stretch
+    per clip. Each clip is still uniform alone. Recordings shorter than seq_len repeat frames."""
     t = seq_len
+    if sampling == "span" and rng is not None and n > t:  # a random stretch, log-uniform from seq_len frames to all
+        lengths = np.exp(rng.uniform(np.log(t), np.log(n), size=clips))  # one stretch per clip of the row
+        length = int(round(lengths[k]))
+        start = int(rng.random(clips)[k] * (n - length + 1))
+        return start + clip_positions(None, length, t, "uniform", 1, rng)
     if given is not None:
         return given if len(given) == t else given[np.round(np.linspace(0, len(given) - 1, t)).astype(np.int64)]
     if sampling == "window" and n >= t:
@@ -310,7 +275,11 @@ class IVFSequenceDataset(Dataset):
             video = normalize_frames(frames, self.normalize, src.max_value)
         item = {"video": torch.from_numpy(np.ascontiguousarray(video[:, None], dtype=np.float32)),
                 "label": row.label, "cell_id": row.cell_id,
-                "frame_indices": torch.from_numpy(positions.astype(np.int64))}
+                "frame_indices": torch.from_numpy(positions.astype(np.int64)), "recording_frames": src.n}
+        if self.training and self.config.two_views:  # its own draw: [seed, epoch, row, clip, 1] repeats no other
+            view = nuisance_view(frames, np.random.default_rng([self.seed, epoch, r, k, 1]), self.normalize,
+                                 src.max_value)
+            item["view"] = torch.from_numpy(view[:, None])  # (T, 1, H, W)
         if self.has_annotations:
             item["hours"] = torch.from_numpy(row.hours[positions].astype(np.float32))
             item["phase"] = [str(p) for p in row.phase[positions]]
@@ -404,6 +373,29 @@ def augment_clip(frames, rng, normalize: str, max_value: int) -> np.ndarray:
     """A training clip's jitter: one random rotation (any angle) and random flips for all its integer frames (T, H, W),
     then normalize_frames, then mild gamma, contrast and brightness jitter: float32 (T, H, W) in [0, 1]."""
     return _photometric(normalize_frames(_rotate_flip(frames, rng), normalize, max_value), rng)
+
+
+def nuisance_view(frames, rng, normalize: str, max_value: int) -> np.ndarray:
+    """The clip as another well and microscope would record it, the same for all its integer frames (T, H, W):
+    rotation (any angle), zoom (0.85-1.15), shift (up to 10% of the side), flips, focus blur (sigma up to 1.5 px),
+    then normalize_frames, then gain and offset (contrast 0.7-1.3, brightness +-0.1) and gamma (0.7-1.4): float32
+    (T, H, W) in [0, 1]."""
+    h, w = frames.shape[1:]
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), rng.uniform(0.0, 360.0), rng.uniform(0.85, 1.15))
+    m[:, 2] += rng.uniform(-0.1, 0.1, size=2) * (w, h)
+    flip_h, flip_v = rng.random(2) < 0.5
+    sigma = rng.uniform(0.0, 1.5)
+    out = []
+    for frame in frames:
+        frame = cv2.warpAffine(frame, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        out.append(cv2.GaussianBlur(frame, (0, 0), sigma) if sigma > 0.3 else frame)
+    out = np.stack(out)[:, ::-1 if flip_v else 1, ::-1 if flip_h else 1]
+    video = normalize_frames(np.ascontiguousarray(out), normalize, max_value)
+    gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+    video = video ** gamma
+    mean = float(video.mean())
+    video = (video - mean) * rng.uniform(0.7, 1.3) + mean + rng.uniform(-0.1, 0.1)
+    return np.clip(video, 0.0, 1.0).astype(np.float32)
 
 
 def _rotate_flip(frames, rng):

@@ -9,14 +9,16 @@ numbers) and `<embryo>_timeElapsed.csv` (frame_index,time in hours).
 import logging
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
-from cli import InputError
-from frames_io import Recording, natural_key, patient_of, recording_kind, run_numbers
+from cli import EXIT_STOPPED, InputError, Stopped, StopSignal
+from frames_io import BadFile, FrameStore, Recording, natural_key, patient_of, recording_kind, run_numbers
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,45 @@ def group_recordings(rows: list[Row], form: str) -> dict[str, Recording]:
             pos = {f: i for i, f in enumerate(sources[r.source].frames)}
             r.positions = np.array([pos[f] for f in r.files], dtype=np.int64)
     return sources
+
+
+def row_error(index_csv, row, msg: str) -> InputError:
+    """The error of an index.csv row: names the file, the line and the embryo."""
+    return InputError(f"{index_csv} line {row.line} ({row.cell_id}): {msg}")
+
+
+def check_sources(rows: list, sources: dict, store: FrameStore, skip_bad: bool, stop: StopSignal | None,
+                  index_csv) -> list:
+    """The rows whose recordings can be read: every source is opened (with a cache, decoded into it once; later
+    checks only stat the files; without, a fast reduced-resolution decode of every frame). An unreadable one is an
+    InputError naming the row, or with skip_bad a warning line per row it drops (and a count); no usable row is
+    still an error. A stop signal (`stop`, a cli.StopSignal) ends the checks between two sources (cli.Stopped)."""
+    users = {}
+    for r in rows:
+        users.setdefault(r.source, []).append(r)
+    bad_rows = 0
+    desc = "decoding into cache" if store.cache_dir else "checking sources"
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for key, src in tqdm(sources.items(), desc=desc, unit="source", leave=False, disable=None):
+            if stop is not None and stop.received:
+                raise Stopped(f"{stop.received} while the sources of {index_csv} were checked: nothing "
+                              f"to save yet (the frame cache keeps what was decoded); exit {EXIT_STOPPED}")
+            try:
+                store.prepare(src, pool)
+            except BadFile as e:
+                src.error = str(e)
+                if not skip_bad:
+                    raise row_error(index_csv, users[key][0], f"{e}; fix or remove the row, or pass --skip_bad") \
+                        from None
+                for r in users[key]:
+                    log.warning("skipping %s line %d (%s): %s", index_csv, r.line, r.cell_id, e)
+                    bad_rows += 1
+    good = [r for r in rows if not sources[r.source].error]
+    if bad_rows:
+        log.warning("%s: skipped %d of %d rows with unreadable sources", index_csv, bad_rows, len(rows))
+    if not good:
+        raise InputError(f"{index_csv}: no usable rows (all {len(rows)} rows were skipped as unreadable)")
+    return good
 
 
 def attach_annotations(rows: list[Row], recordings: dict[str, Recording], ann_dir: Path, index_csv: Path):

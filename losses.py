@@ -1,6 +1,7 @@
 """The training loss: one function per part of cli.LOSS_PARTS (L1 and 1 - MS-SSIM of the reconstruction, latent
 temporal smoothness, classification, the next-frame guess), and AutoencoderLoss, which weighs them as the table
-says. A part is a function (output, batch, weights) -> scalar tensor, registered under its name by @loss_part.
+says. A part is a function (output, batch, loss) -> scalar tensor (loss: the AutoencoderLoss, for its weights
+and settings), registered under its name by @loss_part.
 """
 
 from collections.abc import Callable
@@ -100,25 +101,25 @@ def loss_part(fn):
 
 
 @loss_part
-def l1(output, batch, weights):
+def l1(output, batch, loss):
     """Mean absolute error of the reconstruction (B, T, C, H, W) against the clip."""
     return F.l1_loss(output["reconstruction"].float(), batch["video"].float())
 
 
 @loss_part
-def ms_ssim(output, batch, weights):
+def ms_ssim(output, batch, loss):
     """1 - MS-SSIM of the reconstruction against the clip."""
     return ms_ssim_loss(output["reconstruction"].float(), batch["video"].float())
 
 
 @loss_part
-def smooth(output, batch, weights):
+def smooth(output, batch, loss):
     """Mean squared step between consecutive latents of z_seq."""
     return smoothness_loss(output["z_seq"])
 
 
 @loss_part
-def classification(output, batch, weights):
+def classification(output, batch, loss):
     """Cross-entropy of the classifier's logits on the labelled clips; 0 without a classifier."""
     if "logits" not in output:
         return torch.zeros((), device=batch["video"].device)
@@ -126,11 +127,46 @@ def classification(output, batch, weights):
 
 
 @loss_part
-def prediction(output, batch, weights):
+def prediction(output, batch, loss):
     """The reconstruction loss of frames 2..T guessed from the latents of 1..T-1; 0 without the predictor."""
     if "prediction" not in output:
         return torch.zeros((), device=batch["video"].device)
-    return frame_loss(output["prediction"].float(), batch["video"].float()[:, 1:], weights)  # (B, T-1, C, H, W)
+    return frame_loss(output["prediction"].float(), batch["video"].float()[:, 1:], loss.weights)  # (B, T-1, C, H, W)
+
+
+@loss_part
+def contrast(output, batch, loss):
+    """InfoNCE between the two views' per-frame pooled latents (cosine similarity over the temperature): each frame
+    of a clip against the same frame of its other view, among every frame and clip of the batch, both ways; 0
+    without a second view."""
+    if "z_view" not in output:
+        return torch.zeros((), device=batch["video"].device)
+    a, b = (F.normalize(output[k].float().mean(dim=(3, 4)).flatten(0, 1), dim=1) for k in ("z_seq", "z_view"))
+    logits = a @ b.T / loss.contrast_temperature  # (B*T, B*T): row i's positive is column i
+    targets = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+@loss_part
+def time_gap(output, batch, loss):
+    """Mean absolute error of the time between every two frames of a clip, guessed as the difference of the clock
+    read from their latents, in fractions of the recording (frame_indices / recording_frames); 0 without a clock."""
+    if "clock" not in output:
+        return torch.zeros((), device=batch["video"].device)
+    clock = output["clock"].float()  # (B, T)
+    position = batch["frame_indices"].float() / batch["recording_frames"].float()[:, None]  # (B, T)
+    guess, gap = (v[:, None, :] - v[:, :, None] for v in (clock, position))  # (B, T, T): frame j minus frame i
+    return (guess - gap).abs().mean()
+
+
+@loss_part
+def phase(output, batch, loss):
+    """Cross-entropy of the per-frame phase head over the annotated frames (phase_index -1 adds nothing); 0 without
+    the head."""
+    if "phase_logits" not in output:
+        return torch.zeros((), device=batch["video"].device)
+    labels = batch.get("phase_index")
+    return classification_loss(output["phase_logits"].flatten(0, 1), None if labels is None else labels.flatten())
 
 
 class AutoencoderLoss(nn.Module):
@@ -142,8 +178,9 @@ class AutoencoderLoss(nn.Module):
     forward(output, batch) returns every part unweighted, `reconstruction` and `total`, as scalar fp32 tensors.
     """
 
-    def __init__(self, **weights: float):
+    def __init__(self, contrast_temperature: float = 0.1, **weights: float):
         super().__init__()
+        self.contrast_temperature = contrast_temperature
         unknown = set(weights) - set(LOSS_WEIGHT_FLAGS)
         if unknown:
             raise TypeError(f"unknown loss weights {sorted(unknown)}; the parts' weights are {LOSS_WEIGHT_FLAGS}")
@@ -154,11 +191,12 @@ class AutoencoderLoss(nn.Module):
     def from_args(cls, args, config) -> "AutoencoderLoss":
         """The loss of the weight flags (cli.add_loss_args); a part whose switch (a ModelConfig field) is off
         in config weighs 0."""
-        return cls(**{part.flag: getattr(args, part.flag) if part.needs is None or getattr(config, part.needs)
-                      else 0.0 for part in LOSS_PARTS})
+        return cls(args.contrast_temperature, **{part.flag: getattr(args, part.flag)
+                                                 if part.needs is None or getattr(config, part.needs) else 0.0
+                                                 for part in LOSS_PARTS})
 
     def forward(self, output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        parts = {name: PARTS[name](output, batch, self.weights) for name in self.weights}
+        parts = {name: PARTS[name](output, batch, self) for name in self.weights}
         reconstruction = sum(self.weights[p.name] * parts[p.name] for p in LOSS_PARTS if p.reconstruction)
         total = reconstruction
         for part in LOSS_PARTS:

@@ -10,8 +10,13 @@ import torch.nn as nn
 from checkpoint import load_checkpoint
 from cli import InputError
 from conv_lstm import ConvLSTM, State, compile_gate_updates
+from frames_io import PHASES
 
 UPSAMPLINGS = ("transposed", "resize")
+# The encoder's state before a recording's first frame: zero (the seed's); learned (a trained (h, c) per layer and
+# channel); prime (the first frame shown PRIME_STEPS times first), so the first latents are no warm-up transient.
+INIT_STATES = ("zero", "learned", "prime")
+PRIME_STEPS = 4
 
 
 @dataclass
@@ -32,6 +37,9 @@ class ModelConfig:
     peephole: bool = False
     upsample: str = "transposed"  # decoder stages: "transposed" (the seed's) or "resize" (nearest x2, then 3x3 conv)
     predict_next: bool = False  # a kernel_size convolution guesses z_(t+1) from z_t; the decoder draws frame t+1
+    init_state: str = "zero"  # INIT_STATES: the encoder's state before the first frame of a recording
+    time_head: bool = False  # a linear clock read from each frame's pooled latent (the time-gap objective)
+    phase_head: bool = False  # a per-frame phase classifier on the pooled latent (supervised: --phase_weight)
 
     def __post_init__(self):
         self.cnn_channels = tuple(self.cnn_channels)
@@ -47,6 +55,8 @@ class ModelConfig:
             raise InputError(f"cnn_channels needs three stages, got {self.cnn_channels}")
         if self.upsample not in UPSAMPLINGS:
             raise InputError(f"--upsample must be one of {UPSAMPLINGS}, got {self.upsample!r}")
+        if self.init_state not in INIT_STATES:
+            raise InputError(f"--init_state must be one of {INIT_STATES}, got {self.init_state!r}")
         if self.kernel_size % 2 == 0:
             raise InputError(f"kernel_size must be odd, got {self.kernel_size}")
 
@@ -136,10 +146,15 @@ class ConvLSTMAutoencoder(nn.Module):
                                 config.decoder_layers, config.peephole)
         self.frame_decoder = FrameDecoder(config)
         self.classifier = Classifier(config) if config.use_classifier else None
-        # made last, so that the other parts start from the same weights with or without it
+        # made last, so that the other parts start from the same weights with or without them (the untrained control
+        # of every objective is the same model)
         hidden = config.encoder_hidden_dim
         self.predictor = (nn.Conv2d(hidden, hidden, config.kernel_size, padding=config.kernel_size // 2)
                           if config.predict_next else None)
+        self.start = (nn.Parameter(torch.zeros(config.encoder_layers, 2, hidden, 1, 1))  # (layers, h|c, hid, 1, 1)
+                      if config.init_state == "learned" else None)
+        self.clock = nn.Linear(hidden, 1, bias=False) if config.time_head else None
+        self.phase_head = nn.Linear(hidden, len(PHASES)) if config.phase_head else None
 
     def encode(self, x: torch.Tensor, state: list[State] | None = None) -> tuple[torch.Tensor, list[State]]:
         """Latent sequence of a clip; pass the returned state back in to continue a long video."""
@@ -148,7 +163,21 @@ class ConvLSTMAutoencoder(nn.Module):
         b, t = x.shape[:2]
         features = self.frame_encoder(x.flatten(0, 1))  # (B*T, c3, H/8, W/8)
         features = features.unflatten(0, (b, t))  # (B, T, c3, H/8, W/8)
+        if state is None:  # a recording's first frame
+            state = self.initial_state(features)
         return self.encoder(features, state)  # z_seq (B, T, enc_hid, H/8, W/8), state
+
+    def initial_state(self, features: torch.Tensor) -> list[State] | None:
+        """The encoder's state before the first frame of features (B, T, c3, h, w), as config.init_state says: None
+        (zero), the learned (h, c) of each layer spread over the frame, or the state after the first frame shown
+        PRIME_STEPS times."""
+        if self.config.init_state == "prime":
+            first = features[:, :1].expand(-1, PRIME_STEPS, -1, -1, -1)  # (B, PRIME_STEPS, c3, h, w)
+            return self.encoder(first)[1]
+        if self.start is None:
+            return None
+        shape = (features.shape[0], -1, *features.shape[-2:])  # (B, hid, h, w)
+        return [(h.to(features.dtype).expand(shape), c.float().expand(shape)) for h, c in self.start]
 
     def decode(self, z_seq: torch.Tensor) -> torch.Tensor:
         """Reconstruct the frames of z_seq (B, T, enc_hid, h, w) -> (B, T, C, 8h, 8w)."""
@@ -169,9 +198,21 @@ class ConvLSTMAutoencoder(nn.Module):
         guessed = self.predictor(z_seq[:, :-1].flatten(0, 1))  # (B*(T-1), enc_hid, h, w): z_(t+1) from z_t
         return self.decode(guessed.unflatten(0, (b, t - 1)))  # (B, T-1, C, H, W)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        z_seq, _ = self.encode(x)  # (B, T, enc_hid, H/8, W/8)
+    def forward(self, x: torch.Tensor, view: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The output dict of DESIGN.md's tensor contract for clips x (B, T, C, H, W); with view (another
+        augmentation of the same clips) also its latents z_view, from the same encoder pass."""
+        b = x.shape[0]
+        z_all, _ = self.encode(x if view is None else torch.cat([x, view]))  # (B or 2B, T, enc_hid, H/8, W/8)
+        z_seq = z_all[:b]  # (B, T, enc_hid, H/8, W/8)
         output = {"reconstruction": self.decode(z_seq), "z_seq": z_seq, "z_last": z_seq[:, -1]}
+        if view is not None:
+            output["z_view"] = z_all[b:]  # (B, T, enc_hid, H/8, W/8)
+        if self.clock is not None or self.phase_head is not None:
+            pooled = z_seq.float().mean(dim=(3, 4))  # (B, T, enc_hid)
+            if self.clock is not None:
+                output["clock"] = self.clock(pooled).squeeze(-1)  # (B, T)
+            if self.phase_head is not None:
+                output["phase_logits"] = self.phase_head(pooled)  # (B, T, len(PHASES))
         if self.predictor is not None and z_seq.shape[1] > 1:
             output["prediction"] = self.predict(z_seq)  # (B, T-1, C, H, W)
         if self.classifier is not None:
@@ -204,7 +245,7 @@ def forward_loss(model: nn.Module, loss_fn: nn.Module, batch: dict[str, torch.Te
     What `--compile step` compiles as one graph."""
     video = batch["video"]  # (B, T, C, H, W)
     with torch.autocast(video.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        output = model(batch.get("input", video))  # reconstruction (B, T, 1, H, W), z_seq, z_last[, logits]
+        output = model(batch.get("input", video), batch.get("view"))  # reconstruction (B, T, 1, H, W), z_seq, ...
     return loss_fn(output, batch)
 
 
@@ -261,6 +302,9 @@ def add_model_args(parser: argparse.ArgumentParser, sizes: bool = True) -> argpa
     group.add_argument("--predict_next", action="store_true",
                        help="also guess each next frame from the latent (a --kernel_size convolution, then the "
                             "shared decoder), trained with the loss's --predict_weight (default: off)")
+    group.add_argument("--init_state", type=str, default=default.init_state, choices=INIT_STATES,
+                       help="the encoder's state before a recording's first frame: zero (the seed's), learned, or "
+                            f"prime (the first frame shown {PRIME_STEPS} times first) (default: {default.init_state})")
     group.add_argument("--use_classifier", action="store_true",
                        help="add the empty-well/embryo classifier head on z_last (default: off)")
     group.add_argument("--num_classes", type=int, default=default.num_classes,
@@ -270,9 +314,11 @@ def add_model_args(parser: argparse.ArgumentParser, sizes: bool = True) -> argpa
 
 def config_from_args(args: argparse.Namespace, sizes: dict | None = None) -> ModelConfig:
     """ModelConfig from the flags of add_model_args; the CNN widths scale with the encoder width. With sizes
-    (ModelConfig fields: bench.py's presets) the sizes come from there and only the switches from the flags."""
+    (ModelConfig fields: bench.py's presets) the sizes come from there and only the switches from the flags. The
+    heads of the time-gap and phase objectives exist when their loss weights (cli.add_loss_args) are above 0."""
     switches = dict(use_classifier=args.use_classifier, num_classes=args.num_classes, peephole=args.peephole,
-                    upsample=args.upsample, predict_next=args.predict_next)
+                    upsample=args.upsample, predict_next=args.predict_next, init_state=args.init_state,
+                    time_head=getattr(args, "time_gap_weight", 0) > 0, phase_head=getattr(args, "phase_weight", 0) > 0)
     if sizes is not None:
         return ModelConfig(**{**sizes, **switches})
     width = args.encoder_hidden_dim

@@ -129,17 +129,19 @@ def check_args(args, writes: bool = True):
     """Flag values that argparse cannot check (train.py, and verify_data_connection.py with writes=False: it writes
     no checkpoint or log); raises cli.InputError."""
     weights = ("weight_decay", "grad_clip", *cli.LOSS_WEIGHT_FLAGS)
-    finite = ("learning_rate", "val_fraction", "warmup_epochs", "mask_ratio", *weights)
-    cli.check_numbers(args, finite=finite, at_least={
+    positive = ("learning_rate", "contrast_temperature")
+    cli.check_numbers(args, positive=positive, finite=("val_fraction", "warmup_epochs", "mask_ratio", *positive,
+                                                       *weights), at_least={
         **dict.fromkeys(("batch_size", "num_epochs", "save_every", "log_every", "seq_len"), 1),
         **dict.fromkeys(("warmup_epochs", "num_workers", "keep_checkpoints", *weights), 0)})
     cli.check_seed(args.seed)
     if not 0 <= args.mask_ratio < 1:
         raise cli.InputError(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}")
-    if args.predict_next and args.seq_len < 2:  # nothing to guess: the predictor would get no gradient
-        raise cli.InputError(f"--predict_next guesses each next frame: needs --seq_len 2 or more, got {args.seq_len}")
-    if not args.learning_rate > 0:
-        raise cli.InputError(f"--learning_rate must be > 0, got {args.learning_rate}")
+    if (args.predict_next or args.time_gap_weight > 0) and args.seq_len < 2:  # a head would get no gradient
+        raise cli.InputError(f"--predict_next and --time_gap_weight read two frames of a clip: need --seq_len 2 or "
+                             f"more, got {args.seq_len}")
+    if args.phase_weight > 0 and not args.annotations_dir:
+        raise cli.InputError("--phase_weight trains on the annotated phases: pass --annotations_dir")
     if writes:
         cli.check_writable("--save_dir", args.save_dir)
         cli.check_writable("--log_dir", args.log_dir)

@@ -368,6 +368,21 @@ def test_cli_without_probabilities_reports_the_label_probe_alone(tmp_path):
     assert not list((tmp_path / "a" / "tphate").glob("*.png"))
 
 
+def test_split_analyses_only_the_held_out_wells(tmp_path):
+    _write_latents(tmp_path / "latents")
+    meta = pd.read_csv(tmp_path / "latents" / "trajectories" / "metadata.csv")
+    meta["split"] = ["train"] * 5 + ["val"] * 3
+    meta.to_csv(tmp_path / "latents" / "trajectories" / "metadata.csv", index=False)
+    args = al.get_args_parser().parse_args(["--latents", str(tmp_path / "latents"), "--out", str(tmp_path / "a"),
+                                            "--split", "val", "--cv_folds", "2", "--max_embryo_plots", "0"])
+    summary = al.main(args)
+    assert summary["split"] == "val" and summary["trajectories"]["n_embryos"] == 3
+    assert {e["cell_id"] for e in summary["trajectories"]["per_embryo"]} == set(meta["cell_id"][5:])
+    args.split = "test"
+    with pytest.raises(InputError, match="no trajectory of split test"):
+        al.main(args)
+
+
 def test_trim_start_drops_the_warm_up_frames(tmp_path):
     _write_latents(tmp_path / "latents")
     args = al.get_args_parser().parse_args(["--latents", str(tmp_path / "latents"), "--out", str(tmp_path / "a"),

@@ -150,6 +150,47 @@ def test_sampling_uniform_window_and_short_sources(tmp_path):
     assert centre[0]["frame_indices"].tolist() == list(range(11, 19))
 
 
+def test_span_sampling_draws_clips_over_stretches_of_every_length(tmp_path):
+    """--sampling span: in training a clip spreads over a random stretch (from seq_len frames to the whole
+    recording), each of a row's K clips its own; in eval it is the uniform clip."""
+    write_folder(tmp_path / "long", gray_frames(120, step=2), ext="png")
+    index = write_index(tmp_path, [{"path": "long"}])
+    uniform = IVFSequenceDataset(index, seq_len=6, image_size=16)[0]["frame_indices"]
+    assert torch.equal(IVFSequenceDataset(index, seq_len=6, image_size=16, sampling="span")[0]["frame_indices"],
+                       uniform)
+    span = IVFSequenceDataset(index, seq_len=6, image_size=16, sampling="span", training=True, seed=3,
+                              clips_per_recording=4)
+    stretches = []
+    for epoch in range(10):
+        span.set_epoch(epoch)
+        for k in range(4):
+            idx = span[k]["frame_indices"].numpy()
+            assert np.all(np.diff(idx) > 0) and 0 <= idx[0] and idx[-1] < 120
+            assert np.array_equal(idx, span[k]["frame_indices"].numpy())  # a function of (seed, epoch, item)
+            stretches.append(idx[-1] - idx[0])
+    assert min(stretches) < 30 and max(stretches) > 90  # short and long stretches alike
+    assert (span[0]["recording_frames"], span[0]["frame_indices"].shape) == (120, (6,))
+
+
+def test_two_views_are_the_same_frames_as_another_well_records_them(tmp_path):
+    frame = np.full((32, 32), 60, np.uint8)
+    frame[4:12, 4:20] = 220  # asymmetric bar
+    write_folder(tmp_path / "a", [frame] * 5, ext="png")
+    index = write_index(tmp_path, [{"path": "a"}])
+    assert "view" not in IVFSequenceDataset(index, seq_len=5, image_size=32, two_views=True)[0]  # training only
+    views = IVFSequenceDataset(index, seq_len=5, image_size=32, two_views=True, training=True, seed=2)
+    differs = []
+    for epoch in range(4):
+        views.set_epoch(epoch)
+        item = views[0]
+        v = item["view"]
+        assert v.shape == item["video"].shape and v.dtype == torch.float32 and 0 <= v.min() and v.max() <= 1
+        assert torch.allclose(v, v[:1].expand_as(v))  # one nuisance for the whole clip
+        assert torch.equal(v, views[0]["view"])  # a function of (seed, epoch, item)
+        differs.append((v - item["video"]).abs().mean().item())
+    assert min(differs) > 0.02 and len(set(differs)) == 4
+
+
 def test_normalisations(tmp_path):
     rng = np.random.default_rng(0)
     write_folder(tmp_path / "n", [rng.integers(40, 200, (32, 32), dtype=np.uint8) for _ in range(4)], ext="png")

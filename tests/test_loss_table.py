@@ -20,7 +20,7 @@ NEW_ROW = '    LossPart("zmean", "zmean_weight", 0.3, "weight of the mean square
 NEW_FUNCTION = '''
 
 @loss_part
-def zmean(output, batch, weights):
+def zmean(output, batch, loss):
     """Mean squared latent."""
     return output["z_seq"].float().pow(2).mean()
 '''
@@ -44,9 +44,8 @@ def test_a_new_part_is_its_row_and_its_function(index_csv, tmp_path):
     for path in REPO.glob("*.py"):
         shutil.copy(path, repo)
     cli_text = (repo / "cli.py").read_text()
-    end_of_table = 'needs="predict_next"),\n)'
-    assert cli_text.count(end_of_table) == 1
-    (repo / "cli.py").write_text(cli_text.replace(end_of_table, 'needs="predict_next"),\n' + NEW_ROW + ")"))
+    end_of_table = cli_text.index("\n)\n", cli_text.index("LOSS_PARTS = (")) + 1  # the table's closing bracket
+    (repo / "cli.py").write_text(cli_text[:end_of_table] + NEW_ROW + cli_text[end_of_table:])
     (repo / "losses.py").write_text((repo / "losses.py").read_text() + NEW_FUNCTION)
 
     def run(*args):

@@ -1,14 +1,14 @@
 """Loss values on known inputs."""
 
-import argparse
-
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
 
+import train
 from losses import AutoencoderLoss, ssim_window
-from model import ModelConfig
+from model import config_from_args
 
 
 def output_for(reconstruction, z_seq=None, logits=None):
@@ -67,12 +67,10 @@ def test_weights_combine_the_parts():
 
 @pytest.mark.parametrize("predict_next", [True, False])
 def test_flags_give_the_prediction_weight_only_with_the_guess(predict_next):
-    args = argparse.Namespace(l1_weight=0.5, ms_ssim_weight=0.5, smooth_weight=0.1, cls_weight=0.1,
-                              predict_weight=0.25)
-    config = ModelConfig(image_size=32, use_classifier=False, predict_next=predict_next)
-    weights = AutoencoderLoss.from_args(args, config).weights
+    args = train.get_args_parser().parse_args(["--predict_weight", "0.25"] + ["--predict_next"] * predict_next)
+    weights = AutoencoderLoss.from_args(args, config_from_args(args)).weights
     assert weights == {"l1": 0.5, "ms_ssim": 0.5, "smooth": 0.1, "classification": 0.0,
-                       "prediction": 0.25 if predict_next else 0.0}
+                       "prediction": 0.25 if predict_next else 0.0, "contrast": 0.0, "time_gap": 0.0, "phase": 0.0}
 
 
 def test_next_frame_guess_is_scored_against_the_following_frames():
@@ -127,3 +125,37 @@ def test_finite_under_autocast(dtype):
 def test_too_small_frames_are_refused():
     with pytest.raises(ValueError, match="too small"):
         ssim_window(2)
+
+
+def test_contrast_is_low_for_matching_views_and_high_for_unrelated_ones():
+    torch.manual_seed(0)
+    z = torch.randn(4, 5, 8, 2, 2)  # (B, T, C, h, w): 20 distinct frames
+    batch = {"video": torch.zeros(4, 5, 1, 16, 16)}
+    loss_fn = AutoencoderLoss(contrast_weight=1.0, contrast_temperature=0.1)
+    output = output_for(torch.zeros(4, 5, 1, 16, 16), z_seq=z)
+    same = loss_fn({**output, "z_view": z + 0.01 * torch.randn_like(z)}, batch)["contrast"]
+    other = loss_fn({**output, "z_view": torch.randn_like(z)}, batch)["contrast"]
+    assert same.item() < 0.1 < np.log(20) / 2 < other.item()  # chance is log(B*T)
+    assert loss_fn(output, batch)["contrast"].item() == 0  # no second view: nothing to compare
+
+
+def test_time_gap_is_zero_for_a_clock_that_keeps_time_and_counts_only_differences():
+    positions = torch.tensor([[0, 10, 30, 60], [5, 6, 7, 40]])
+    frames = torch.tensor([100, 80])
+    batch = {"video": torch.zeros(2, 4, 1, 16, 16), "frame_indices": positions, "recording_frames": frames}
+    output = output_for(torch.zeros(2, 4, 1, 16, 16))
+    loss_fn = AutoencoderLoss(time_gap_weight=1.0)
+    exact = positions / frames[:, None] + torch.tensor([[3.0], [-1.0]])  # any offset per clip: only gaps count
+    assert loss_fn({**output, "clock": exact}, batch)["time_gap"].item() == pytest.approx(0, abs=1e-6)
+    assert loss_fn({**output, "clock": torch.zeros(2, 4)}, batch)["time_gap"].item() > 0.1
+    assert loss_fn(output, batch)["time_gap"].item() == 0  # no clock
+
+
+def test_phase_head_learns_from_annotated_frames_only():
+    logits = torch.zeros(1, 3, 16, requires_grad=True)
+    batch = {"video": torch.zeros(1, 3, 1, 16, 16), "phase_index": torch.tensor([[2, -1, -1]])}
+    loss_fn = AutoencoderLoss(phase_weight=1.0)
+    part = loss_fn({**output_for(torch.zeros(1, 3, 1, 16, 16)), "phase_logits": logits}, batch)["phase"]
+    assert part.item() == pytest.approx(np.log(16))
+    part.backward()
+    assert logits.grad[0, 1:].abs().sum() == 0 and logits.grad[0, 0].abs().sum() > 0  # unknown phases add nothing

@@ -48,15 +48,23 @@ def test_wrong_input_shape_is_a_clear_error():
         tiny_model()(torch.rand(2, 1, 32, 32))
 
 
+OBJECTIVES = dict(predict_next=True, init_state="learned", time_head=True, phase_head=True)  # every head at once
+
+
 @pytest.mark.parametrize("options", [{"peephole": False}, {"peephole": True}, {"upsample": "resize"},
-                                     {"predict_next": True}])
+                                     {"predict_next": True}, {"init_state": "prime"}, OBJECTIVES])
 def test_every_parameter_gets_a_finite_gradient_and_training_lowers_the_loss(options):
     model = tiny_model(**options)
-    loss_fn = AutoencoderLoss(cls_weight=1.0, predict_weight=0.5)
+    loss_fn = AutoencoderLoss(cls_weight=1.0, predict_weight=0.5, contrast_weight=0.5, time_gap_weight=0.5,
+                              phase_weight=0.5)
     torch.manual_seed(1)
     x = torch.rand(2, 4, 1, 32, 32)
-    batch = {"video": x, "label": torch.tensor([0, 1])}
-    losses = loss_fn(model(x), batch)
+    batch = {"video": x, "label": torch.tensor([0, 1]), "view": torch.rand_like(x),
+             "frame_indices": torch.tensor([[0, 3, 5, 9], [1, 2, 6, 7]]), "recording_frames": torch.tensor([10, 8]),
+             "phase_index": torch.tensor([[0, 0, 3, -1], [2, 4, 4, 15]])}
+    losses = loss_fn(model(x, batch["view"]), batch)
+    if options is OBJECTIVES:
+        assert all(losses[k] > 0 for k in ("prediction", "contrast", "time_gap", "phase"))
     losses["total"].backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -65,7 +73,7 @@ def test_every_parameter_gets_a_finite_gradient_and_training_lowers_the_loss(opt
     first = losses["total"].item()
     for _ in range(15):
         optimizer.zero_grad()
-        loss = loss_fn(model(x), batch)["total"]
+        loss = loss_fn(model(x, batch["view"]), batch)["total"]
         loss.backward()
         optimizer.step()
     assert loss.item() < first
@@ -80,8 +88,12 @@ def test_classifier_trains_at_batch_size_one():
     assert model.classifier.mlp[0].weight.grad.abs().sum() > 0
 
 
-def test_chunked_encoding_equals_one_pass():
-    model = tiny_model().eval()
+@pytest.mark.parametrize("init_state", ["zero", "learned", "prime"])
+def test_chunked_encoding_equals_one_pass(init_state):
+    """Whatever the state before the first frame, passing the returned state back in continues the recording."""
+    model = tiny_model(init_state=init_state).eval()
+    if model.start is not None:
+        torch.nn.init.normal_(model.start)  # a learned state that is not zero
     x = torch.rand(1, 11, 1, 32, 32)
     with torch.no_grad():
         whole, _ = model.encode(x)
@@ -175,3 +187,37 @@ def test_next_frame_guess_comes_from_the_latent_through_the_shared_decoder():
     torch.testing.assert_close(output["prediction"], expected)
     torch.testing.assert_close(output["reconstruction"], plain(x)["reconstruction"])  # same weights, same frames
     assert "prediction" not in plain(x) and "prediction" not in predicting(x[:, :1])  # nothing to guess at T=1
+
+
+def test_a_learned_or_primed_start_changes_the_first_latents_only_through_the_state():
+    x = torch.rand(1, 5, 1, 32, 32)
+    zero = tiny_model().eval()
+    learned, primed = tiny_model(init_state="learned").eval(), tiny_model(init_state="prime").eval()
+    with torch.no_grad():
+        z_zero = zero.encode(x)[0]
+        torch.testing.assert_close(learned.encode(x)[0], z_zero)  # zero-initialised: the seed's model at the start
+        torch.nn.init.normal_(learned.start)
+        assert not torch.allclose(learned.encode(x)[0][:, 0], z_zero[:, 0])
+        assert not torch.allclose(primed.encode(x)[0][:, 0], z_zero[:, 0])
+        state = zero.encode(x[:, :1].expand(-1, 4, -1, -1, -1))[1]  # the first frame shown PRIME_STEPS times
+        torch.testing.assert_close(primed.encode(x)[0], zero.encode(x, state)[0])
+
+
+def test_objective_heads_are_made_last_so_the_untrained_control_is_shared():
+    """The heads of every objective are made after the seed's parts: with the same seed, the parts both models
+    have start from the same weights, so one untrained control serves every candidate."""
+    base, extended = tiny_model(), tiny_model(**OBJECTIVES)
+    shared = base.state_dict()
+    assert set(shared) < set(extended.state_dict())
+    for name, value in extended.state_dict().items():
+        if name in shared:
+            assert torch.equal(value, shared[name]), name
+
+
+def test_view_shares_the_encoder_pass_and_returns_its_latents():
+    model = tiny_model().eval()
+    x, view = torch.rand(2, 3, 1, 32, 32), torch.rand(2, 3, 1, 32, 32)
+    with torch.no_grad():
+        both = model(x, view)
+        torch.testing.assert_close(both["z_view"], model(view)["z_seq"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(both["reconstruction"], model(x)["reconstruction"], rtol=1e-5, atol=1e-6)

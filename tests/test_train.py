@@ -91,6 +91,22 @@ def test_resize_decoder_masked_frames_next_frame_guess_curves_and_tensorboard(in
     assert [c for c in calls if c[0] == "image"] == [("image", "reconstruction (input above)", (1, 64, 128), 1)]
 
 
+def test_every_objective_trains_and_is_weighed_in(index_csv, tmp_path):
+    """Two views, the time gap over span clips, a primed start and the supervised phase head, for one epoch: each
+    part is logged and weighed into the total; validation has no second view, so no contrast there."""
+    weights = {"contrast": 0.5, "time_gap": 0.5, "phase": 0.2}
+    assert train.main(parse(index_csv, tmp_path, "--num_epochs", "1", "--sampling", "span", "--init_state", "prime",
+                            "--contrast_weight", "0.5", "--time_gap_weight", "0.5", "--phase_weight", "0.2",
+                            "--annotations_dir", str(index_csv.parent / "annotations"))) == 0
+    entry = json.loads((tmp_path / "logs" / "training_log.json").read_text())[-1]
+    assert all(entry[part] > 0 for part in weights) and entry["val_contrast"] == 0
+    assert entry["val_time_gap"] > 0 and entry["val_phase"] > 0
+    weighed = entry["reconstruction"] + 0.1 * entry["smooth"] + sum(w * entry[p] for p, w in weights.items())
+    assert entry["total"] == pytest.approx(weighed, rel=1e-5)
+    config = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["model_config"]
+    assert config["init_state"] == "prime" and config["time_head"] and config["phase_head"]
+
+
 def test_labels_reach_the_classification_loss(classifier_run):
     (entry,) = json.loads((classifier_run / "logs" / "training_log.json").read_text())
     assert entry["classification"] > 0 and entry["val_classification"] > 0
@@ -98,7 +114,8 @@ def test_labels_reach_the_classification_loss(classifier_run):
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "image_size", "save_dir_under_a_file", "resume_from",
-                                  "fp16_on_cpu", "batch_size", "label_out_of_range", "predict_one_frame"])
+                                  "fp16_on_cpu", "batch_size", "label_out_of_range", "predict_one_frame",
+                                  "time_gap_one_frame", "phase_without_annotations", "temperature"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, index_csv, tmp_path, capsys):
     extra, index = [], index_csv
     if case == "missing":
@@ -119,6 +136,12 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, index_csv, tmp
         extra = ["--batch_size", "0"]
     elif case == "predict_one_frame":  # no next frame to guess: under DDP an unused predictor would hang the run
         extra = ["--predict_next", "--seq_len", "1"]
+    elif case == "time_gap_one_frame":  # no gap to time: the clock would get no gradient
+        extra = ["--time_gap_weight", "0.5", "--seq_len", "1"]
+    elif case == "phase_without_annotations":
+        extra = ["--phase_weight", "0.5"]
+    elif case == "temperature":
+        extra = ["--contrast_weight", "0.5", "--contrast_temperature", "0"]
     elif case == "label_out_of_range":
         rows = pd.read_csv(index_csv, dtype=str)
         rows["path"] = [str(index_csv.parent / p) for p in rows["path"]]
@@ -132,7 +155,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, index_csv, tmp
     assert {"missing": "index.csv", "empty": "index.csv", "image_size": "multiple of 8",
             "save_dir_under_a_file": "--save_dir", "resume_from": "missing.pt", "fp16_on_cpu": "fp16",
             "batch_size": "--batch_size", "label_out_of_range": "label 2 is not below --num_classes 2",
-            "predict_one_frame": "--predict_next guesses each next frame"}[case] in line
+            "predict_one_frame": "--predict_next and --time_gap_weight read two frames of a clip",
+            "time_gap_one_frame": "need --seq_len 2 or more, got 1", "phase_without_annotations": "--annotations_dir",
+            "temperature": "--contrast_temperature must be > 0"}[case] in line
     assert snapshot(tmp_path) == before and not (tmp_path / "logs").exists()
 
 
