@@ -1,6 +1,9 @@
 """Loss values on known inputs."""
 
 import argparse
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +12,8 @@ from pytorch_msssim import ms_ssim
 
 from losses import AutoencoderLoss, ssim_window
 from model import ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def output_for(reconstruction, z_seq=None, logits=None):
@@ -127,3 +132,12 @@ def test_finite_under_autocast(dtype):
 def test_too_small_frames_are_refused():
     with pytest.raises(ValueError, match="too small"):
         ssim_window(2)
+
+
+def test_the_libraries_note_on_copying_the_scale_weights_does_not_reach_the_user():
+    """pytorch_msssim copies the device tensor of scale weights it is given (losses.ms_ssim_weights), with a
+    UserWarning meant for its own callers; losses.py silences that one warning for everyone who imports it."""
+    code = "import torch, losses; x = torch.rand(1, 2, 1, 64, 64); print(losses.ms_ssim_loss(x, 0.9 * x).item())"
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert 0 < float(run.stdout) < 1
