@@ -378,7 +378,9 @@ def main(args) -> int:
                             "model_clips_per_s": consumption, "num_workers": workers,
                             "frame_size": preset.frame_size,
                             "raw_jpeg_vs_model": rates["raw_jpeg"] / consumption,
-                            "cached_vs_model": rates["cached"] / consumption}
+                            "cached_vs_model": rates["cached"] / consumption,
+                            # train.py reads the cache after the first epoch: the cached rate is the one it gets
+                            "limited_by": "the loader" if rates["cached"] < consumption else "the step"}
     print_table(result)
     if args.json:
         cli.write_json(Path(args.json), result)
@@ -417,7 +419,8 @@ def print_table(r: dict):
         print(f"loader ({ld['num_workers']} workers, {ld['frame_size']} px JPEGs): "
               f"raw {ld['raw_jpeg_clips_per_s']:.1f} clips/s ({ld['raw_jpeg_vs_model']:.1f}x the model), "
               f"cached {ld['cached_clips_per_s']:.1f} clips/s "
-              f"({ld['cached_vs_model']:.1f}x); model consumes {ld['model_clips_per_s']:.2f} clips/s")
+              f"({ld['cached_vs_model']:.1f}x); model consumes {ld['model_clips_per_s']:.2f} clips/s: "
+              f"{ld['limited_by']} limits")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What every script shares: the one-line argument parser, the error types and exit codes, shared flags,
-the choice of device, autocast dtype and loader workers, the one atomic file writer, the file names of the log and latents
-folders, and the table of loss parts.
+the choice of device, autocast dtype and loader workers, the one atomic file writer, the file names of the log and
+latents folders, and the table of loss parts.
 
 Importing this module loads no torch (build_index.py and the analysis use it); the device functions
 import torch when called.
