@@ -13,12 +13,14 @@ largest batch whose bf16 step fits at 128 px (doubling, then bisection: a failed
 doubling); last, each --compile mode at the recommended batch, optional: one that runs out of time is reported as not
 measured, not as a failure. A step's time-out ends its whole process group (torchrun's ranks too).
 OUT/gpu_check.json is rewritten (atomically) after every step and every batch trial, so a crash keeps what was
-measured; OUT/gpu_check.log has every step's output. The table printed last gives per bench run clips/s, the share of
-the measured bf16 matmul peak, peak memory and the projected time of 50 epochs over 13,300 clips; then the loader,
-the largest batch and why the search stopped. Exit code 1 when a step failed, 2 on bad flags or missing packages.
+measured; OUT/gpu_check.log has every step's output, and OUT/bench_*.json each bench run's figures. The wells, frame
+cache, checkpoints and latents go to --work (about 1 GB; by default a temporary folder, removed at the end). The table
+printed last gives per bench run clips/s, the share of the measured bf16 matmul peak, peak memory and the projected
+time of 50 epochs over 13,300 clips; then the loader, the largest batch and why the search stopped. Exit code 1 when
+a step failed, 2 on bad flags or missing packages.
 
 Needs torch, numpy, pandas, opencv-python-headless, tqdm, pytest and pytorch-msssim; not the analysis packages.
-A package missing there is installed from wheels in `.whl/` (see BENCHMARKS.md) into OUT/site, if present.
+A package missing there is installed from wheels in `.whl/` (see BENCHMARKS.md) into WORK/site, if present.
 """
 
 import argparse
@@ -27,9 +29,11 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,7 +71,11 @@ SIZES = {
 def get_args_parser() -> argparse.ArgumentParser:
     parser = cli.OneLineParser(prog="gpu_check.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=str, default="gpu_check_out",
-                        help="folder for gpu_check.json, gpu_check.log and the runs' files (default: %(default)s)")
+                        help="folder for the record: gpu_check.json, gpu_check.log and each bench run's JSON, a few "
+                             "hundred kB (default: %(default)s)")
+    parser.add_argument("--work", type=str, default=None,
+                        help="folder for the runs' wells, frame cache, checkpoints and latents, about 1 GB on a GPU "
+                             "(default: a temporary folder, removed at the end)")
     parser.add_argument("--dry_run", action="store_true",
                         help="the same steps at a toy size on the CPU, in about a minute (default: off)")
     parser.add_argument("--compile_modes", type=str, default=None,
@@ -79,8 +87,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 class Check:
     """The record of the steps (OUT/gpu_check.json, rewritten after each), the log file and the time budget."""
 
-    def __init__(self, out: Path, size: dict, env: dict, plan: list[str]):
-        self.out, self.size, self.env = out, size, env
+    def __init__(self, out: Path, work: Path, size: dict, env: dict, plan: list[str]):
+        self.out, self.work, self.size, self.env = out, work, size, env
         self.start = time.perf_counter()
         self.plan = plan  # the SHARES keys of the steps still to come, in order
         self.result = {"dry_run": size["device"] == "cpu", "budget_s": size["budget_s"], "finished": False,
@@ -105,7 +113,7 @@ class Check:
         self.save()
 
     def save(self):
-        self.result.update(seconds=round(time.perf_counter() - self.start, 1), summary=summarise(self.out))
+        self.result.update(seconds=round(time.perf_counter() - self.start, 1), summary=summarise(self.out, self.work))
         cli.write_json(self.out / "gpu_check.json", self.result)
 
     def run(self, name: str, command: list[str], share: str, optional: bool = False) -> dict:
@@ -136,14 +144,14 @@ class Check:
                 if not r["ok"] and not (r.get("optional") and r["returncode"] == "timeout")]
 
 
-def prepare_packages(out: Path, wheels: Path = REPO / ".whl", needed: dict = NEEDED) -> tuple[dict, list[str]]:
+def prepare_packages(work: Path, wheels: Path = REPO / ".whl", needed: dict = NEEDED) -> tuple[dict, list[str]]:
     """Environment for the subprocesses; packages missing from this Python are installed from the wheels in `wheels`
-    into OUT/site (pip --no-index --no-deps --target: no network, nothing outside OUT)."""
+    into WORK/site (pip --no-index --no-deps --target: no network, nothing outside WORK)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     missing = [pip for module, pip in needed.items() if importlib.util.find_spec(module) is None]
     files = sorted(wheels.glob("*.whl"))
     if missing and files:
-        site = out / "site"
+        site = work / "site"
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                         "--target", str(site), *map(str, files)], check=False)
         sys.path.insert(0, str(site))
@@ -156,25 +164,25 @@ def prepare_packages(out: Path, wheels: Path = REPO / ".whl", needed: dict = NEE
 def training_runs(check: Check, processes: int):
     """Synthetic wells, then 3 epochs of train.py under AMP, one epoch under torchrun, and extract_latents.py's
     trajectories from the trained checkpoint."""
-    size, out = check.size, check.out
-    data = out / "data"
+    size, work = check.size, check.work
+    data = work / "data"
     check.run("synthetic_data", [sys.executable, "make_synthetic_data.py", "--out", str(data), "--seed", "0",
                                  *[f"--{k}={v}" for k, v in size["data"].items()]], "synthetic_data")
     flags = ["--index_csv", str(data / "index.csv"), "--device", size["device"], "--amp", "bf16",
              "--image_size", str(size["image_size"]), "--seq_len", str(size["seq_len"]), "--batch_size",
-             str(size["batch"]), "--warmup_epochs", "1", "--cache_dir", str(out / "cache"), "--use_classifier",
+             str(size["batch"]), "--warmup_epochs", "1", "--cache_dir", str(work / "cache"), "--use_classifier",
              *size["train"], *size["model"]]
     check.run("train_3_epochs_amp", [sys.executable, "train.py", *flags, "--num_epochs", "3",
-                                     "--save_dir", str(out / "run" / "ckpt"), "--log_dir", str(out / "run" / "logs")],
+                                     "--save_dir", str(work / "run" / "ckpt"), "--log_dir", str(work / "run" / "logs")],
               "train")
     check.run(f"torchrun_{processes}_process{'es' if processes > 1 else ''}",
               [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "train.py", *flags, "--num_epochs", "1", "--save_dir", str(out / "ddp" / "ckpt"),
-               "--log_dir", str(out / "ddp" / "logs")], "torchrun")
+               "train.py", *flags, "--num_epochs", "1", "--save_dir", str(work / "ddp" / "ckpt"),
+               "--log_dir", str(work / "ddp" / "logs")], "torchrun")
     check.run("extract_trajectories", [sys.executable, "extract_latents.py", "--checkpoint",
-                                       str(out / "run" / "ckpt" / "last.pt"), "--index_csv", str(data / "index.csv"),
-                                       "--out", str(out / "latents"), "--mode", "trajectory", "--device",
-                                       size["device"], "--cache_dir", str(out / "cache")], "extract")
+                                       str(work / "run" / "ckpt" / "last.pt"), "--index_csv", str(data / "index.csv"),
+                                       "--out", str(work / "latents"), "--mode", "trajectory", "--device",
+                                       size["device"], "--cache_dir", str(work / "cache")], "extract")
 
 
 def bench_run(check: Check, mode: str, optional: bool):
@@ -276,9 +284,9 @@ def largest_batch(check: Check, device) -> dict:
     return search
 
 
-def summarise(out: Path) -> dict:
-    """What the finished steps left in OUT: per bench run clips/s, share of the bf16 matmul peak, peak memory and the
-    projected 50-epoch time; the loader beside the step; train.py's clips/s per epoch; the extraction's info."""
+def summarise(out: Path, work: Path) -> dict:
+    """What the finished steps left in OUT and WORK: per bench run clips/s, share of the bf16 matmul peak, peak memory
+    and the projected 50-epoch time; the loader beside the step; train.py's clips/s per epoch; the extraction's info."""
     rows, loader = {}, None
     for path in sorted(out.glob("bench_*.json")):
         r = json.loads(path.read_text())
@@ -288,8 +296,8 @@ def summarise(out: Path) -> dict:
                            "bf16_matmul_gflops": r["matmul_gflops"]["bf16"], "peak_memory_mb": p["peak_memory_mb"],
                            "projected_50_epochs_min": TARGET_EPOCHS * TARGET_CLIPS / p["clips_per_s"] / 60}
         loader = r.get("loader", loader)
-    log = out / "run" / "logs" / cli.TRAINING_LOG
-    info = out / "latents" / cli.TRAJECTORY_DIR / "info.json"
+    log = work / "run" / "logs" / cli.TRAINING_LOG
+    info = work / "latents" / cli.TRAJECTORY_DIR / "info.json"
     return {"bench": rows, "loader": loader,
             "train_clips_per_s": [e["clips_per_s"] for e in json.loads(log.read_text())] if log.is_file() else [],
             "extract": json.loads(info.read_text()) if info.is_file() else None}
@@ -315,16 +323,23 @@ def print_summary(result: dict):
     print("every step passed" if not failed else f"FAILED: {', '.join(failed)} (see gpu_check.log)")
 
 
-def main(args) -> int:
-    size = SIZES["dry_run" if args.dry_run else "gpu"]
-    modes = [m for m in (size["modes"] if args.compile_modes is None else args.compile_modes).split(",") if m]
-    if not set(modes) <= set(cli.COMPILE_CHOICES):
-        raise cli.InputError(f"--compile_modes takes modes from {cli.COMPILE_CHOICES}, got {args.compile_modes}")
-    out = Path(args.out)
-    if out.is_dir() and any(out.iterdir()):  # an earlier check's runs would resume, its figures mix with these
-        raise cli.InputError(f"--out {out} is not empty (an earlier check?); choose a new folder or remove it")
+def folders(args) -> tuple[Path, Path, bool]:
+    """OUT and WORK, each new or empty (an earlier check's runs would resume, its figures mix with these), and whether
+    WORK is a temporary folder, removed at the end."""
+    out, work = Path(args.out), Path(args.work) if args.work else None
+    for flag, folder in (("--out", out), ("--work", work)):
+        if folder is not None and folder.is_dir() and any(folder.iterdir()):
+            raise cli.InputError(f"{flag} {folder} is not empty (an earlier check?); choose a new folder or remove it")
     out.mkdir(parents=True, exist_ok=True)
-    env, missing = prepare_packages(out)
+    if work is None:
+        return out, Path(tempfile.mkdtemp(prefix="gpu_check_")), True
+    work.mkdir(parents=True, exist_ok=True)
+    return out, work, False
+
+
+def run_check(size: dict, modes: list[str], out: Path, work: Path) -> int:
+    """Every step in order (module docstring); the table last; 1 when a step failed."""
+    env, missing = prepare_packages(work)
     if missing:
         raise cli.InputError(f"missing packages {missing}: put their wheels in {REPO / '.whl'} (BENCHMARKS.md, GPU "
                              f"check) or install them")
@@ -337,7 +352,7 @@ def main(args) -> int:
     device = torch.device(size["device"])
     plan = ["device_tests", "synthetic_data", "train", "torchrun", "extract", "bench_eager", "batch_search",
             *["bench_compiled"] * len(modes)]
-    check = Check(out, size, env, plan)
+    check = Check(out, work, size, env, plan)
     check.result.update(device_name=bench.device_name(device), torch=torch.__version__)
     check.run("device_tests", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_device.py",
                                *size["tests"]], "device_tests")
@@ -354,6 +369,19 @@ def main(args) -> int:
     check.log.close()
     print_summary(check.result)
     return 1 if check.result["failed"] else 0
+
+
+def main(args) -> int:
+    size = SIZES["dry_run" if args.dry_run else "gpu"]
+    modes = [m for m in (size["modes"] if args.compile_modes is None else args.compile_modes).split(",") if m]
+    if not set(modes) <= set(cli.COMPILE_CHOICES):
+        raise cli.InputError(f"--compile_modes takes modes from {cli.COMPILE_CHOICES}, got {args.compile_modes}")
+    out, work, temporary = folders(args)
+    try:
+        return run_check(size, modes, out, work)
+    finally:
+        if temporary:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -44,12 +44,16 @@ def test_dry_run_runs_every_step_and_writes_the_figures(tmp_path):
     assert [t["batch"] for t in search["trials"]] == [1, 2, 4] and all(t["ok"] for t in search["trials"])
     log = (out / "gpu_check.log").read_text()
     assert "loader workers" in log  # train.py's run plan
+    assert {p.name for p in out.iterdir()} == {"gpu_check.json", "gpu_check.log", "bench_eager_b4.json",
+                                               "bench_off_b4.json"}  # the record only
+    work = Path(result["steps"]["synthetic_data"]["command"].split("--out ")[1].split()[0]).parent
+    assert work.name.startswith("gpu_check_") and not work.exists()  # the temporary WORK, gone
     assert "every step passed" in run.stdout and "50 epochs" in run.stdout and "stopped: cap" in run.stdout
 
 
 def test_the_record_is_on_disk_after_every_step_and_a_time_out_of_an_optional_step_is_no_failure(tmp_path):
     size = gpu_check.SIZES["dry_run"]
-    check = gpu_check.Check(tmp_path, size, {}, ["device_tests", "train", "bench_compiled"])
+    check = gpu_check.Check(tmp_path, tmp_path, size, {}, ["device_tests", "train", "bench_compiled"])
     check.run("first", [sys.executable, "-c", "print('hello')"], "device_tests")
     record = json.loads((tmp_path / "gpu_check.json").read_text())  # a crash from here on keeps this
     assert record["steps"]["first"]["ok"] and not record["finished"]
@@ -82,7 +86,7 @@ def running(pid: int) -> bool:
 
 
 def test_limits_leave_the_later_steps_their_shares(tmp_path):
-    check = gpu_check.Check(tmp_path, {**gpu_check.SIZES["gpu"]}, {}, ["device_tests", "train", "extract"])
+    check = gpu_check.Check(tmp_path, tmp_path, gpu_check.SIZES["gpu"], {}, ["device_tests", "train", "extract"])
     later = gpu_check.SHARES["train"] + gpu_check.SHARES["extract"]
     assert gpu_check.BUDGET_S - later - 5 < check.limit_s("device_tests") <= gpu_check.BUDGET_S - later
     assert check.plan == ["train", "extract"]
@@ -158,10 +162,12 @@ def test_bad_flags_are_one_line_exit_2_and_write_nothing(tmp_path, capsys):
     earlier = tmp_path / "earlier"  # an earlier check's folder: its runs would resume, its figures mix in
     earlier.mkdir()
     (earlier / "gpu_check.json").write_text("{}")
-    for flags, message in ((["--out", str(tmp_path / "new"), "--compile_modes", "fast"], "--compile_modes"),
-                           (["--out", str(earlier)], "is not empty")):
+    new = str(tmp_path / "new")
+    cases = {"--compile_modes takes": ["--out", new, "--compile_modes", "fast"],
+             "--out": ["--out", str(earlier)], "--work": ["--out", new, "--work", str(earlier)]}
+    for message, flags in cases.items():
         args = gpu_check.get_args_parser().parse_args(["--dry_run", *flags])
         assert gpu_check.cli.run_main("gpu_check.py", gpu_check.main, args) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.splitlines()) == 1, err
-    assert not (tmp_path / "new").exists() and (earlier / "gpu_check.json").read_text() == "{}"
+    assert not Path(new).exists() and (earlier / "gpu_check.json").read_text() == "{}"
