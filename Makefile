@@ -44,8 +44,9 @@ demo: venv $(DEMO)/data/index.csv
 $(DEMO)/data/index.csv: | venv
 	$(PY) make_synthetic_data.py --out $(DEMO)/data --n_embryos 48 --n_frames 96 --size 128 --seed 0
 
-# The GPU check: tests on CUDA, bench (eager, compiled gates, compiled step, large batch), train, torchrun,
-# extraction and the largest batch, in under 8 minutes on one H200; gpu_check_out/gpu_check.json and .log.
+# The GPU check: tests on CUDA, train, torchrun, extraction, the loader beside the eager step, the largest batch,
+# then the compiled modes, in under 8 minutes on one H200; gpu_check_out/ holds its record (gpu_check.json, .log,
+# bench_*.json). Without make: python3 gpu_check.py --out DIR (BENCHMARKS.md, "GPU check").
 gpu-check:
 	$(PYTHON) gpu_check.py --out gpu_check_out
 

@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import cli
 import train
 from bench_reference import PlainAutoencoder, reference_state_dict
+from dataset_ivf import IVFSequenceDataset
 from frames_io import PHASES
 from losses import AutoencoderLoss
 from model import ConvLSTMAutoencoder, ModelConfig, add_model_args, config_from_args, forward_loss, training_forward
@@ -75,7 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="timed rounds, each one project and one reference step (default: the config's)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default: the config's)")
     cli.add_device_args(parser, compile=True, compile_aliases=("--compile_cell",))  # compile time: in the warm-up
-    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers (default: 2)")
+    cli.add_num_workers_arg(parser)
     parser.add_argument("--skip_loader", action="store_true", help="skip the DataLoader benchmark (default: off)")
     parser.add_argument("--extraction", action="store_true",
                         help="measure trajectory extraction instead of training: --batch_size recordings of 3-5 x "
@@ -223,7 +224,6 @@ def loader_clips_per_s(dataset, batch_size: int, num_workers: int, n_batches: in
 def benchmark_loader(preset: Preset, batch_size: int, seq_len: int, image_size: int, num_workers: int,
                      pin_memory: bool, seed: int) -> dict[str, float]:
     """Synthetic JPEG wells in a temporary folder: clips/s decoding the JPEGs, and from the cache."""
-    from dataset_ivf import IVFSequenceDataset
     from make_synthetic_data import make_synthetic_dataset
 
     with tempfile.TemporaryDirectory(prefix="bench_ivf_") as tmp:
@@ -245,10 +245,8 @@ def settings(args) -> dict:
     preset = PRESETS[args.config]
     picked = {name: getattr(preset, name) if getattr(args, name) is None else getattr(args, name)
               for name in ("batch_size", "seq_len", "steps", "warmup")}
-    if min(picked["batch_size"], picked["seq_len"], picked["steps"]) < 1 or \
-            min(picked["warmup"], args.num_workers, args.threads) < 0:
-        raise cli.InputError("--batch_size, --seq_len and --steps must be >= 1; --warmup, --num_workers, "
-                             "--threads >= 0")
+    if min(picked["batch_size"], picked["seq_len"], picked["steps"]) < 1 or min(picked["warmup"], args.threads) < 0:
+        raise cli.InputError("--batch_size, --seq_len and --steps must be >= 1; --warmup and --threads >= 0")
     cli.check_seed(args.seed)
     return picked
 
@@ -384,14 +382,17 @@ def main(args) -> int:
         result.update(compile=args.compile, reference_max_abs_diff=m["difference"], matmul_size=matmul_n,
                       **step_figures(m, s["batch_size"], amp_name))
     if not (args.skip_loader or args.extraction):
-        rates = benchmark_loader(preset, s["batch_size"], s["seq_len"], config.image_size, args.num_workers,
+        workers = cli.resolve_num_workers(args.num_workers, device.type)
+        rates = benchmark_loader(preset, s["batch_size"], s["seq_len"], config.image_size, workers,
                                  device.type == "cuda", args.seed)
         consumption = result["project"]["clips_per_s"]
         result["loader"] = {**{f"{k}_clips_per_s": v for k, v in rates.items()},
-                            "model_clips_per_s": consumption, "num_workers": args.num_workers,
+                            "model_clips_per_s": consumption, "num_workers": workers,
                             "frame_size": preset.frame_size,
                             "raw_jpeg_vs_model": rates["raw_jpeg"] / consumption,
-                            "cached_vs_model": rates["cached"] / consumption}
+                            "cached_vs_model": rates["cached"] / consumption,
+                            # train.py reads the cache after the first epoch: the cached rate is the one it gets
+                            "limited_by": "the loader" if rates["cached"] < consumption else "the step"}
     print_table(result)
     if args.json:
         cli.write_json(Path(args.json), result)
@@ -430,7 +431,8 @@ def print_table(r: dict):
         print(f"loader ({ld['num_workers']} workers, {ld['frame_size']} px JPEGs): "
               f"raw {ld['raw_jpeg_clips_per_s']:.1f} clips/s ({ld['raw_jpeg_vs_model']:.1f}x the model), "
               f"cached {ld['cached_clips_per_s']:.1f} clips/s "
-              f"({ld['cached_vs_model']:.1f}x); model consumes {ld['model_clips_per_s']:.2f} clips/s")
+              f"({ld['cached_vs_model']:.1f}x); model consumes {ld['model_clips_per_s']:.2f} clips/s: "
+              f"{ld['limited_by']} limits")
 
 
 if __name__ == "__main__":

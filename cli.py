@@ -1,6 +1,6 @@
 """What every script shares: the one-line argument parser, the error types and exit codes, shared flags,
-the choice of device and autocast dtype, the one atomic file writer, the file names of the log and latents
-folders, and the table of loss parts.
+the choice of device, autocast dtype and loader workers, the one atomic file writer, the file names of the log and
+latents folders, and the table of loss parts.
 
 Importing this module loads no torch (build_index.py and the analysis use it); the device functions
 import torch when called.
@@ -30,6 +30,11 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 # --compile: off; gates = the ConvLSTM gate arithmetic (what `--compile` alone means); step = the whole forward and loss
 COMPILE_CHOICES = ("off", "gates", "step")
 DEFAULT_SEED = 42
+# --num_workers auto: on the CPU the training step uses the cores itself, and 2 workers already give about 560 cached
+# clips/s there (BENCHMARKS.md), hundreds of times what the step takes; a GPU step takes 650-1,000 clips/s (issue 21),
+# so there every core but the process's own loads clips, up to a point where more workers only cost memory.
+CPU_WORKERS = 2
+MAX_GPU_WORKERS = 16
 # Old names of flag choices, still accepted (and found in older checkpoints' args): flag -> {old: current}.
 FLAG_ALIASES = {"normalize": {"minmax01": "percentile"}, "compile": {False: "off", True: "gates"}}
 
@@ -171,6 +176,40 @@ def add_device_args(parser, amp: bool = True, compile: bool = False, compile_ali
                                  "the whole forward and loss, the unrolled time loop included, as one graph (CUDA "
                                  "graphs on CUDA: no launch overhead; full batches only; minutes to compile) "
                                  "(default: %(default)s)")
+
+
+def num_workers_arg(value: str) -> int | str:
+    """argparse type of --num_workers: 'auto', or a whole number >= 0."""
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 0, got {value!r}")
+    return count
+
+
+def add_num_workers_arg(group):
+    """--num_workers, shared by train.py, verify_data_connection.py, extract_latents.py and bench.py."""
+    group.add_argument("--num_workers", type=num_workers_arg, default="auto",
+                       help=f"DataLoader worker processes; auto = {CPU_WORKERS} on the CPU (whose cores the step "
+                            f"itself uses), on a GPU the CPU cores available to each process of this machine less "
+                            f"one, at most {MAX_GPU_WORKERS} (default: %(default)s)")
+
+
+def resolve_num_workers(value: int | str, device_type: str, processes: int | None = None) -> int:
+    """The workers of a --num_workers value: a number as given; auto as its help says, from the cores this process may
+    run on (sched_getaffinity where the OS has it) shared among the `processes` of this machine (default: torchrun's
+    LOCAL_WORLD_SIZE, else 1)."""
+    if value != "auto":
+        return int(value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if device_type != "cuda":
+        return min(CPU_WORKERS, cores)
+    processes = processes or int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, min(MAX_GPU_WORKERS, cores // processes - 1))
 
 
 def check_seed(seed: int):

@@ -114,9 +114,11 @@ def compile_gate_updates(module: nn.Module) -> nn.Module:
 
     The convolutions stay eager; one compiled forward and backward kernel replace about a dozen pointwise
     ops per step. Costs a one-off compilation (about 20 s on a 2-core CPU); same arithmetic, equal up to
-    rounding.
+    rounding. Compiled for any batch and width (dynamic): static shapes made one variant per batch size, layer
+    width and grad mode (a run's full and last batches, validation's, the B=1 reconstruction: more than the 8
+    torch allows a function), after which torch gave up with a warning and ran the rest eager.
     """
-    fused = torch.compile(gate_update, dynamic=False)
+    fused = torch.compile(gate_update, dynamic=True)
     for cell in module.modules():
         if isinstance(cell, ConvLSTMCell):
             cell.update = fused

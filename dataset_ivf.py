@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from cli import DEFAULT_SEED, FLAG_ALIASES, InputError, StopSignal, atomic_write
+from cli import DEFAULT_SEED, FLAG_ALIASES, InputError, StopSignal, add_num_workers_arg, atomic_write
 from frames_io import PHASES, BadFile, FrameStore
 from index_csv import SPLITS, assign_splits, attach_annotations, check_sources, group_recordings, read_index, row_error
 
@@ -326,14 +326,16 @@ def write_split_csv(path: Path, *datasets):
 
 
 def run_plan(train_ds, val_ds, steps_per_epoch: int, batch_size: int, world_size: int, num_epochs: int,
-             warmup_steps: int) -> str:
-    """The line train.py prints before training: recordings, clips and steps of an epoch and of the run."""
+             warmup_steps: int, num_workers: int) -> str:
+    """The line train.py prints before training: recordings, clips and steps of an epoch and of the run, and the
+    loader workers of each process."""
     what = "recordings" if train_ds.form == "videos" else "clip rows"
     val = f"validation {len(val_ds)} clips (one per {what[:-1]})" if val_ds is not None else "no validation"
     processes = f" x {world_size} processes" if world_size > 1 else ""
     return (f"Run plan: {len(train_ds.rows)} training {what} x {train_ds.clips_per_row} clips = {len(train_ds)} clips "
             f"an epoch, {steps_per_epoch} steps an epoch (batch {batch_size}{processes}); {num_epochs} epochs = "
-            f"{num_epochs * steps_per_epoch} steps, warm-up {warmup_steps} steps; {val}")
+            f"{num_epochs * steps_per_epoch} steps, warm-up {warmup_steps} steps; {val}; {num_workers} loader workers"
+            f"{' a process' if world_size > 1 else ''}")
 
 
 def train_val_datasets(index_csv, config: DataConfig, stop=None, num_classes: int | None = None):
@@ -464,5 +466,6 @@ def add_data_args(parser, from_checkpoint: bool = False):
                             "long as one of the clip-row form (default: %(default)s)")
     g.add_argument("--skip_bad", action="store_true",
                    help="skip unreadable rows with a warning instead of stopping (default: off)")
-    g.add_argument("--num_workers", type=int, default=2, help="DataLoader workers (default: %(default)s)")
+    add_num_workers_arg(g)
     return parser
+

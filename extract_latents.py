@@ -182,12 +182,13 @@ def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: 
         arrays.update(z_last=(n, c, hw, hw), z_seq=(n, t, c, hw, hw))
     files = {name: open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float32, shape=shape)
              for name, shape in arrays.items()}
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
-                        pin_memory=model_device(model).type == "cuda")
+    device = model_device(model)
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, pin_memory=device.type == "cuda",
+                        num_workers=cli.resolve_num_workers(args.num_workers, device.type))
     rows, start, encode_s = [], 0, 0.0
     with torch.inference_mode():
         for batch in tqdm(loader, desc="clips", unit="batch", disable=None):
-            x = batch["video"].to(model_device(model), non_blocking=True)  # (B, T, 1, H, W)
+            x = batch["video"].to(device, non_blocking=True)  # (B, T, 1, H, W)
             tick = time.perf_counter()
             with autocast(x.device, amp_dtype):
                 z_seq, _ = model.encode(x)  # (B, T, C, h, w)
@@ -369,7 +370,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    cli.check_numbers(args, {"frame_step": 1, "chunk_len": 1, "batch_size": 1, "seq_len": 1, "num_workers": 0})
+    cli.check_numbers(args, {"frame_step": 1, "chunk_len": 1, "batch_size": 1, "seq_len": 1})
 
 
 def main(args: argparse.Namespace) -> dict:

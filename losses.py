@@ -4,6 +4,7 @@ says. A part is a function (output, batch, loss) -> scalar tensor (loss: the Aut
 and settings), registered under its name by @loss_part.
 """
 
+import warnings
 from collections.abc import Callable
 
 import pytorch_msssim
@@ -44,6 +45,21 @@ def gaussian_window(size: int, channels: int, device: torch.device, sigma: float
     return (g / g.sum()).reshape(1, 1, 1, size).repeat(channels, 1, 1, 1)
 
 
+# pytorch_msssim's 5 scale weights (its default). From a Python list the library makes them with X.new_tensor at every
+# call: a blocking host-to-device copy in every eager step (twice with --predict_next). ms_ssim_weights makes them on
+# the device instead, and the library's copy of a tensor is then a device copy, which it announces with a UserWarning
+# (here and in torch's tracing of a compiled step) that tells a user nothing: that warning is silenced.
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning,
+                        module=r"(pytorch_msssim|torch)\.")
+
+
+def ms_ssim_weights(device: torch.device) -> torch.Tensor:
+    """MS_SSIM_WEIGHTS as a float32 tensor (5,) made on the device by fills (kernel arguments, no copy from the host):
+    no state to keep, and a compiled step sees constants."""
+    return torch.stack([torch.full((), w, dtype=torch.float32, device=device) for w in MS_SSIM_WEIGHTS])
+
+
 def ms_ssim_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - mean MS-SSIM over frames of (B, T, C, H, W) videos, in fp32 with data_range 1.
 
@@ -57,7 +73,8 @@ def ms_ssim_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Te
         win_size, multiscale = ssim_window(min(x.shape[-2:]))
         win = gaussian_window(win_size, x.shape[1], x.device)
         if multiscale:
-            score = pytorch_msssim.ms_ssim(x, y, data_range=1.0, size_average=True, win=win)
+            score = pytorch_msssim.ms_ssim(x, y, data_range=1.0, size_average=True, win=win,
+                                           weights=ms_ssim_weights(x.device))
         else:
             score = pytorch_msssim.ssim(x, y, data_range=1.0, size_average=True, win=win)
         return 1.0 - score

@@ -133,7 +133,7 @@ def check_args(args, writes: bool = True):
     cli.check_numbers(args, positive=positive, finite=("val_fraction", "warmup_epochs", "mask_ratio", *positive,
                                                        *weights), at_least={
         **dict.fromkeys(("batch_size", "num_epochs", "save_every", "log_every", "seq_len"), 1),
-        **dict.fromkeys(("warmup_epochs", "num_workers", "keep_checkpoints", *weights), 0)})
+        **dict.fromkeys(("warmup_epochs", "keep_checkpoints", *weights), 0)})
     cli.check_seed(args.seed)
     if not 0 <= args.mask_ratio < 1:
         raise cli.InputError(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}")
@@ -186,8 +186,9 @@ def set_up(args, run: Run, config, data_config, train_ds, val_ds) -> Trainer:
         model = DistributedDataParallel(raw_model, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
     forward = model_lib.training_forward(raw_model, args.compile, run.device)
     loss_fn = AutoencoderLoss.from_args(args, config).to(run.device)
+    workers = cli.resolve_num_workers(args.num_workers, run.device.type)
     train_loader, val_loader = dataset_ivf.make_loaders(  # --compile step: full batches, one graph
-        train_ds, val_ds, args.batch_size, args.num_workers, run.world_size, run.rank, args.seed,
+        train_ds, val_ds, args.batch_size, workers, run.world_size, run.rank, args.seed,
         pin_memory=run.device.type == "cuda", drop_last=args.compile == "step")
     run.steps_per_epoch = len(train_loader)  # batches of a whole epoch (sampler.skip is 0 here)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
@@ -431,7 +432,7 @@ def train_locked(args, run: Run, config, data_config, datasets, checkpoint, path
         return cli.EXIT_OK
     if run.is_main:
         print(dataset_ivf.run_plan(train_ds, val_ds, run.steps_per_epoch, args.batch_size, run.world_size,
-                                   args.num_epochs, run.warmup_steps), flush=True)
+                                   args.num_epochs, run.warmup_steps, t.train_loader.num_workers), flush=True)
     return fit(t)
 
 

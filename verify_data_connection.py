@@ -31,7 +31,7 @@ def run_check(args, run: train.Run, config, data_config):
     dataset, _ = train.load_datasets(args, data_config)
     print(f"dataset: {len(dataset.rows)} training rows, {len(dataset)} training clips an epoch, from {args.index_csv}")
     loader = DataLoader(dataset, batch_size=min(args.batch_size, len(dataset)), shuffle=True,
-                        num_workers=args.num_workers)
+                        num_workers=cli.resolve_num_workers(args.num_workers, run.device.type))
     batch = next(iter(loader))
     video, labels = batch["video"], batch["label"]  # (B, T, 1, H, W), (B,)
     print(f"batch: video {tuple(video.shape)} {video.dtype} range [{video.min():.3f}, {video.max():.3f}], "

@@ -47,6 +47,9 @@ def test_tiny_run_reports_every_figure(tmp_path):
         assert result["matmul_gflops"][key] > 0, key
     for key in ("raw_jpeg_clips_per_s", "cached_clips_per_s", "model_clips_per_s", "cached_vs_model"):
         assert result["loader"][key] > 0, key
+    loader = result["loader"]
+    assert loader["limited_by"] == ("the loader" if loader["cached_clips_per_s"] < loader["model_clips_per_s"]
+                                    else "the step") and f"{loader['limited_by']} limits" in run.stdout
     assert result["speedup_vs_reference"] > 0
     assert result["reference_max_abs_diff"] < 1e-4
     settings = ("model_config", "reference_max_abs_diff", "warmup")

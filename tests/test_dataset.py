@@ -1,4 +1,6 @@
 """dataset_ivf.py: sources, natural sort, sampling, normalisation, augmentation, cache, annotations, loading."""
+import os
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -7,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import frames_io
-from cli import InputError
+from cli import MAX_GPU_WORKERS, InputError, OneLineParser, resolve_num_workers
 from dataset_ivf import DataConfig, IVFSequenceDataset, add_data_args
 from frames_io import PHASES, list_frames, natural_key
 from make_synthetic_data import make_synthetic_dataset
@@ -402,7 +404,38 @@ def test_data_flags_default_to_data_config():
     assert DataConfig.from_args(args) == DataConfig()
     assert (args.index_csv, args.seq_len, args.sampling, args.normalize) == ("index.csv", 20, "uniform", "percentile")
     assert (args.augment, args.cache_dir, args.skip_bad, args.annotations_dir) == (False, "auto", False, None)
-    assert args.val_fraction == 0.2 and args.num_workers == 2
+    assert args.val_fraction == 0.2 and args.num_workers == "auto"
+
+
+def test_num_workers_takes_auto_or_a_count_and_nothing_else(capsys):
+    parser = add_data_args(OneLineParser(prog="train.py"))
+    assert parser.parse_args(["--num_workers", "auto"]).num_workers == "auto"
+    assert parser.parse_args(["--num_workers", "0"]).num_workers == 0
+    assert parser.parse_args(["--num_workers", "12"]).num_workers == 12
+    for bad in ("-1", "two", "1.5", ""):
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args(["--num_workers", bad])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and len(err.splitlines()) == 1 and "--num_workers" in err, err
+
+
+def test_auto_workers_follow_the_device_the_cores_and_the_processes(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+
+    def cores(n):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(n)), raising=False)
+
+    cores(12)
+    assert resolve_num_workers("auto", "cpu") == 2  # the CPU step uses the cores itself
+    assert resolve_num_workers("auto", "cuda") == 11  # every core but the training process's own
+    assert resolve_num_workers("auto", "cuda", processes=4) == 2  # 3 cores for each of 4 processes
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's processes on this machine
+    assert resolve_num_workers("auto", "cuda") == 5
+    cores(128)
+    assert resolve_num_workers("auto", "cuda", processes=1) == MAX_GPU_WORKERS
+    cores(1)
+    assert resolve_num_workers("auto", "cpu") == 1 and resolve_num_workers("auto", "cuda") == 1
+    assert resolve_num_workers(0, "cuda") == 0 and resolve_num_workers(7, "cpu") == 7  # a number as given
 
 
 def test_old_normalize_name_and_checkpoints_without_data_config():

@@ -4,12 +4,13 @@ on every device present (CPU here; CUDA too when gpu_check.py runs them on a GPU
 import copy
 
 import pytest
+import pytorch_msssim
 import torch
 
 import cli
 import train
 from extract_latents import encode_trajectories
-from losses import AutoencoderLoss
+from losses import MS_SSIM_WEIGHTS, AutoencoderLoss, ssim_window
 from model import ConvLSTMAutoencoder, ModelConfig, training_forward
 
 TINY = dict(image_size=16, cnn_channels=(4, 8, 8), encoder_hidden_dim=8, encoder_layers=2, decoder_hidden_dim=8,
@@ -49,6 +50,27 @@ def test_loss_parts_on(device):
     assert all(v.device.type == device.type and v.dtype == torch.float32 for v in parts.values())
     assert parts["reconstruction"].item() == pytest.approx(0.0, abs=1e-5)
     assert parts["classification"].item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-5)
+
+
+def test_ms_ssim_gets_its_scale_weights_on_the_frames_device(device, monkeypatch):
+    """From a Python list pytorch_msssim makes its 5 scale weights at every call, a blocking host-to-device copy on
+    CUDA (twice a step with the next-frame guess): losses.py hands it a tensor on the frames' device instead."""
+    calls, library = [], pytorch_msssim.ms_ssim
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return library(*args, **kwargs)
+
+    monkeypatch.setattr(pytorch_msssim, "ms_ssim", recording)
+    x = torch.rand(2, 3, 1, 64, 64, device=device)  # 64 px: the multi-scale branch
+    output = {"reconstruction": x.flip(-1), "z_seq": torch.zeros(2, 3, 8, 8, 8, device=device),
+              "prediction": x[:, 1:].flip(-2)}
+    parts = AutoencoderLoss(predict_weight=0.5)(output, {"video": x})
+    assert len(calls) == 2 and torch.isfinite(parts["total"])  # the reconstruction and the next-frame guess
+    for kwargs in calls:
+        weights = kwargs["weights"]
+        assert isinstance(weights, torch.Tensor) and weights.device == x.device and weights.dtype == torch.float32
+        assert weights.tolist() == pytest.approx(MS_SSIM_WEIGHTS)  # the library's (test_losses checks the values)
 
 
 def test_one_training_step_on(device):
@@ -103,16 +125,22 @@ def test_batched_encoding_of_unequal_recordings_equals_one_at_a_time(device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CUDA's sync debug mode)")
-def test_cuda_compiled_step_has_no_host_sync():
-    """Once compiled and captured, a training step (forward, loss, backward, clipping, AdamW) never waits for the
-    GPU: CUDA's sync debug mode raises on any synchronising call. (The graph of the test above: a cache hit.)"""
+@pytest.mark.parametrize("how,predict_next", [("off", True), ("step", False)])
+def test_cuda_step_has_no_host_sync(how, predict_next):
+    """A training step of the default model at 64 px, where the loss takes MS-SSIM's 5 scales (forward, loss, backward,
+    clipping, fused AdamW), eager with the next-frame guess (two MS-SSIM calls) or compiled and captured as CUDA graphs,
+    never waits for the GPU: CUDA's sync debug mode raises on any synchronising call."""
     device = torch.device("cuda")
-    model = tiny_model(device, encoder_layers=1)
-    forward = training_forward(model, "step", device)
+    torch.manual_seed(0)
+    config = ModelConfig(image_size=64, predict_next=predict_next)
+    assert ssim_window(config.image_size)[1]  # the multi-scale branch
+    model = ConvLSTMAutoencoder(config).to(device)
+    forward = training_forward(model, how, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    scaler, loss_fn = torch.amp.GradScaler("cuda", enabled=False), AutoencoderLoss(cls_weight=1.0)
-    batch = {"video": torch.rand(2, 2, 1, 16, 16, device=device), "label": torch.tensor([0, 1], device=device)}
-    for _ in range(3):  # compile, warm up, record the CUDA graphs
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    loss_fn = AutoencoderLoss(cls_weight=1.0, predict_weight=0.5 if predict_next else 0.0)
+    batch = {"video": torch.rand(2, 3, 1, 64, 64, device=device), "label": torch.tensor([0, 1], device=device)}
+    for _ in range(3):  # the optimiser's state; compile, warm up, record the CUDA graphs
         train.train_step(model, batch, loss_fn, optimizer, scaler, None, 1.0, forward)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -120,4 +148,4 @@ def test_cuda_compiled_step_has_no_host_sync():
         parts = train.train_step(model, batch, loss_fn, optimizer, scaler, None, 1.0, forward)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert torch.isfinite(parts["total"]).item()
+    assert torch.isfinite(parts["total"]).item() and (parts["prediction"] > 0).item() == predict_next

@@ -122,7 +122,7 @@ def test_run_plan_is_printed_and_a_rerun_keeps_the_epoch_length(index_csv, tmp_p
     assert run("--num_epochs", "1", "--clips_per_recording", "2", "--warmup_epochs", "0.5") == 0
     out = capsys.readouterr().out
     assert ("Run plan: 6 training recordings x 2 clips = 12 clips an epoch, 6 steps an epoch (batch 2); 1 epochs = "
-            "6 steps, warm-up 3 steps; validation 2 clips (one per recording)") in out
+            "6 steps, warm-up 3 steps; validation 2 clips (one per recording); 0 loader workers\n") in out
     split = pd.read_csv(tmp_path / "logs" / "split.csv")
     assert len(split) == 8 and split["cell_id"].is_unique  # one row per recording, not per clip
     checkpoint = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)

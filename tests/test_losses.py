@@ -1,5 +1,9 @@
 """Loss values on known inputs."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +13,8 @@ from pytorch_msssim import ms_ssim
 import train
 from losses import AutoencoderLoss, ssim_window
 from model import config_from_args
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def output_for(reconstruction, z_seq=None, logits=None):
@@ -159,3 +165,12 @@ def test_phase_head_learns_from_annotated_frames_only():
     assert part.item() == pytest.approx(np.log(16))
     part.backward()
     assert logits.grad[0, 1:].abs().sum() == 0 and logits.grad[0, 0].abs().sum() > 0  # unknown phases add nothing
+
+
+def test_the_libraries_note_on_copying_the_scale_weights_does_not_reach_the_user():
+    """pytorch_msssim copies the device tensor of scale weights it is given (losses.ms_ssim_weights), with a
+    UserWarning meant for its own callers; losses.py silences that one warning for everyone who imports it."""
+    code = "import torch, losses; x = torch.rand(1, 2, 1, 64, 64); print(losses.ms_ssim_loss(x, 0.9 * x).item())"
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert 0 < float(run.stdout) < 1
