@@ -186,10 +186,9 @@ def set_up(args, run: Run, config, data_config, train_ds, val_ds) -> Trainer:
         model = DistributedDataParallel(raw_model, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
     forward = model_lib.training_forward(raw_model, args.compile, run.device)
     loss_fn = AutoencoderLoss.from_args(args, config).to(run.device)
-    workers = cli.resolve_num_workers(args.num_workers, run.device.type)
     train_loader, val_loader = dataset_ivf.make_loaders(  # --compile step: full batches, one graph
-        train_ds, val_ds, args.batch_size, workers, run.world_size, run.rank, args.seed,
-        pin_memory=run.device.type == "cuda", drop_last=args.compile == "step")
+        train_ds, val_ds, args.batch_size, cli.resolve_num_workers(args.num_workers, run.device.type), run.world_size,
+        run.rank, args.seed, pin_memory=run.device.type == "cuda", drop_last=args.compile == "step")
     run.steps_per_epoch = len(train_loader)  # batches of a whole epoch (sampler.skip is 0 here)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
                                   fused=True)  # one kernel for all parameters (CPU and CUDA)
