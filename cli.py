@@ -1,6 +1,7 @@
-"""What every script shares: the one-line argument parser, the error types and exit codes, shared flags,
-the choice of device and autocast dtype, the one atomic file writer, the file names of the log and latents
-folders, and the table of loss parts.
+"""What every script shares: the one-line argument parser, the error types and exit codes, the stop signals,
+shared flags, the choice of device and autocast dtype, the one atomic file writer, the lock of a folder in use,
+output folders that are whole or absent, the file names of the log and latents folders, and the table of loss
+parts.
 
 Importing this module loads no torch (build_index.py and the analysis use it); the device functions
 import torch when called.
@@ -8,10 +9,15 @@ import torch when called.
 
 import argparse
 import contextlib
+import fcntl
+import fnmatch
+import glob
 import json
 import math
 import os
+import shutil
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import Callable
@@ -24,6 +30,9 @@ EXIT_BAD_INPUT = 2  # bad flags or input, or a save_dir in use: one line, nothin
 EXIT_NON_FINITE = 3  # non-finite loss or weights; every checkpoint on disk stays finite
 EXIT_WRITE_ERROR = 74  # an OS error while writing (EX_IOERR); the previous files stay intact
 EXIT_STOPPED = 85  # SIGTERM/SIGUSR1 arrived and the state was saved (HTCondor's checkpoint_exit_code)
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT, 128 + 2 as a shell reports it): saved as for 85; a second one ends at once
+# A batch system's preemption, a checkpoint-now request, a terminal's Ctrl-C (sent to the whole process group).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -104,11 +113,20 @@ class NonFiniteError(ScriptError):
     exit_code = EXIT_NON_FINITE
 
 
+def stop_exit_code(signal_name: str) -> int:
+    """The exit code of a run ended by a stop signal: 130 for Ctrl-C (SIGINT), else 85."""
+    return EXIT_INTERRUPTED if signal_name == "SIGINT" else EXIT_STOPPED
+
+
 class Stopped(ScriptError):
-    """SIGTERM/SIGUSR1 arrived before there was anything (new) to save: one line; exit 85, the same command
-    continues."""
+    """A stop signal arrived and there was nothing (new) to save: one line; exit 85 (130 for SIGINT), the same
+    command continues."""
 
     exit_code = EXIT_STOPPED
+
+    def __init__(self, message: str, signal_name: str = "SIGTERM"):
+        super().__init__(message)
+        self.exit_code = stop_exit_code(signal_name)
 
 
 class WriteError(ScriptError, OSError):
@@ -128,12 +146,43 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 class StopSignal:
-    """Signal handler that only records SIGTERM/SIGUSR1; the loop finishes its step, then saves."""
+    """Handler of STOP_SIGNALS. It records the first one, so that train.py's loop finishes its step and saves; while
+    `discard` (what is dropped, in words) is set it raises Stopped at once instead, for a script with nothing to
+    save (extraction, analysis). A Ctrl-C after any stop signal ends at once (KeyboardInterrupt)."""
 
-    received: str | None = None
+    def __init__(self, discard: str | None = None):
+        self.received, self.discard = None, discard
 
     def __call__(self, signum, frame):
-        self.received = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if self.received is not None and name == "SIGINT":
+            raise KeyboardInterrupt
+        self.received = name
+        if self.discard:
+            discard, self.discard = self.discard, None
+            raise Stopped(f"{name}: {discard}; exit {stop_exit_code(name)}", name)
+
+
+@contextlib.contextmanager
+def stop_signals(stop: StopSignal):
+    """STOP_SIGNALS go to `stop` inside the block (call from the main thread); the previous handlers after it."""
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """STOP_SIGNALS held back in this thread inside the block, and in every process forked meanwhile (a child starts
+    with its parent's signal mask); those that arrived are delivered when the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def add_seed_arg(parser, what: str = "weights, split and sampling"):
@@ -166,16 +215,24 @@ def check_seed(seed: int):
         raise InputError(f"--seed must be in [0, 2**32), got {seed}")
 
 
-def check_numbers(args, at_least: dict[str, float], finite: tuple[str, ...] = ()):
-    """InputError naming the first flag in `finite` that is NaN or infinite, or that is below its `at_least` value
-    (None values, meaning "the default", are skipped)."""
+def check_numbers(args, at_least: dict[str, float], finite: tuple[str, ...] = (), above: tuple[str, ...] = ()):
+    """InputError naming the first flag in `finite` that is NaN or infinite, that is below its `at_least` value, or
+    that is not above 0 (`above`) (None values, meaning "the default", are skipped)."""
     for name in finite:
         if not math.isfinite(getattr(args, name)):
             raise InputError(f"--{name} must be a finite number, got {getattr(args, name)}")
-    for name, low in at_least.items():
+    for name, low in {**at_least, **dict.fromkeys(above, 0)}.items():
         value = getattr(args, name)
-        if value is not None and not value >= low:
-            raise InputError(f"--{name} must be at least {low}, got {value}")
+        if value is not None and not (value > low if name in above else value >= low):
+            raise InputError(f"--{name} must be {'above' if name in above else 'at least'} {low}, got {value}")
+
+
+def check_loss_weights(args):
+    """InputError for a loss weight changed from its default while its part is off (LossPart.needs)."""
+    for part in LOSS_PARTS:
+        if part.needs and not getattr(args, part.needs) and getattr(args, part.flag) != part.default:
+            raise InputError(f"--{part.flag} weights a loss part that only --{part.needs} turns on; pass "
+                             f"--{part.needs} or drop --{part.flag}")
 
 
 def check_writable(flag: str, folder):
@@ -251,9 +308,181 @@ def write_json(path: Path, value):
 
 
 def run_main(prog: str, main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    """Call main(args) and turn the errors it lets through into the exit-code table, one stderr line each."""
+    """Call main(args) and turn the errors it lets through into the exit-code table, one stderr line each (a stop
+    is not an error; a second Ctrl-C, or the first where main keeps Python's handler, ends at once: 130)."""
     try:
         return main(args) or EXIT_OK
+    except Stopped as err:
+        print(f"{prog}: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
     except ScriptError as err:
         print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
         return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: SIGINT: stopped at once; exit {EXIT_INTERRUPTED}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+class FolderLock:
+    """An exclusive lock (flock) on the file `path`, held while a run that writes `folder` lives. The kernel releases
+    it when the process dies, so a killed run's lock is taken over with a line; a live run's is an InputError
+    naming `flag`."""
+
+    def __init__(self, path: Path, folder: Path, what: str, flag: str):
+        self.path, self.folder, self.what, self.flag, self.file = Path(path), Path(folder), what, flag, None
+
+    def holder(self) -> str | None:
+        """Who holds the lock ('' when unsaid), None when nobody does; writes nothing."""
+        with contextlib.suppress(OSError), open(self.path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return f.read().strip()
+        return None
+
+    def check(self) -> "FolderLock":
+        """Refuse a folder held by a live run, before anything is written."""
+        owner = self.holder()
+        if owner is not None:
+            raise self.in_use(owner)
+        return self
+
+    def locked(self):
+        """Called once the lock is taken, before it is announced (a subclass's last check)."""
+
+    def __enter__(self):
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a+")  # noqa: SIM115 (held open for the run's lifetime)
+        except OSError as err:
+            raise WriteError(self.path, err) from None
+        try:
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.file.seek(0)
+                raise self.in_use(self.file.read()) from None
+            self.file.seek(0)
+            previous = self.file.read().strip()
+            self.locked()
+            self.file.truncate(0)
+            self.file.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            self.file.flush()
+        except BaseException as err:
+            self.file.close()
+            if isinstance(err, OSError) and not isinstance(err, ScriptError):
+                raise WriteError(self.path, err) from None
+            raise
+        if previous:
+            print(f"Taking over {self.path} left by a run that ended without releasing it ({previous})",
+                  file=sys.stderr, flush=True)
+        return self
+
+    def __exit__(self, *exc):
+        with contextlib.suppress(OSError):
+            self.file.truncate(0)
+        self.file.close()
+
+    def in_use(self, owner: str) -> InputError:
+        return InputError(f"{self.folder} is in use by {self.what} ({owner.strip() or 'another process'}); wait "
+                          f"for it to end or choose another {self.flag}")
+
+
+class OutputFolder:
+    """An output folder that is whole or absent. A run writes into a staging folder beside it
+    (`.<name>.<pid>.staging`), holding `.<name>.lock` beside it, and `commit` swaps it in (the previous folder moved
+    to `.<name>.<pid>.old`, the new one renamed into place, the old one removed). A stop, an error or a crash
+    leaves the previous folder as it was; the next run removes what a killed one left (or, killed between the
+    two renames, puts its previous folder back), with a line. `patterns` name what the folder may hold: a folder
+    holding anything else is never replaced."""
+
+    def __init__(self, target, flag: str, what: str, patterns: tuple[str, ...], stop: StopSignal | None = None):
+        self.target, self.flag, self.patterns, self.stop = Path(target), flag, patterns, stop
+        self.lock = FolderLock(self.beside("lock"), self.target, f"a running {what}", flag)
+        self.staging, self.old = self.beside(f"{os.getpid()}.staging"), self.beside(f"{os.getpid()}.old")
+
+    def beside(self, suffix: str) -> Path:
+        return self.target.parent / f".{self.target.name}.{suffix}"
+
+    def check(self) -> "OutputFolder":
+        """Before anything is written: InputError for a folder that cannot be written, holds files of something
+        else, or is in use by a live run."""
+        if self.target.exists() and not self.target.is_dir():
+            raise InputError(f"{self.flag}: {self.target} is a file, not a folder; choose another {self.flag}")
+        check_writable(self.flag, self.target.parent)
+        foreign = sorted(p.name for p in self.target.iterdir() if not any(fnmatch.fnmatch(p.name, pattern)
+                         for pattern in self.patterns)) if self.target.is_dir() else []
+        if foreign:
+            raise InputError(f"{self.target} holds files this script does not write ({', '.join(foreign[:3])}), so "
+                             f"it is not replaced; choose another {self.flag} or move them away")
+        self.lock.check()
+        return self
+
+    def __enter__(self) -> Path:
+        """Take the lock, clear a killed run's leftovers and make the staging folder; returns it."""
+        self.lock.__enter__()
+        try:
+            for old in self.target.parent.glob(f".{glob.escape(self.target.name)}.*.old"):
+                if self.target.exists():
+                    shutil.rmtree(old)
+                else:
+                    os.replace(old, self.target)
+                    print(f"Put back {self.target} from {old.name}, left by a run killed while it swapped "
+                          "its output in", file=sys.stderr, flush=True)
+            for leftover in self.target.parent.glob(f".{glob.escape(self.target.name)}.*.staging"):
+                shutil.rmtree(leftover)
+                print(f"Removed {leftover}, left by a run that did not finish", file=sys.stderr, flush=True)
+            self.staging.mkdir()
+        except BaseException as err:
+            self.lock.__exit__()
+            if isinstance(err, OSError) and not isinstance(err, ScriptError):
+                raise WriteError(err.filename or self.staging, err) from None
+            raise
+        return self.staging
+
+    def commit(self):
+        """Swap the staging folder in. From here on a stop signal only records (the output is whole)."""
+        if self.stop is not None:
+            self.stop.discard = None
+        if self.target.exists():
+            os.replace(self.target, self.old)
+        os.replace(self.staging, self.target)
+        shutil.rmtree(self.old, ignore_errors=True)
+
+    def __exit__(self, kind, err, tb):
+        """Remove the staging folder (unless committed) and put the previous folder back if the swap was cut short;
+        an OSError becomes WriteError (exit 74), or an InputError when it came from reading an input."""
+        try:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            if self.old.exists():
+                if self.target.exists():
+                    shutil.rmtree(self.old, ignore_errors=True)
+                else:
+                    os.replace(self.old, self.target)
+        finally:
+            self.lock.__exit__()
+        if isinstance(err, OSError) and not isinstance(err, ScriptError):
+            path = os.path.abspath(err.filename) if err.filename else str(self.staging.absolute())
+            if not path.startswith(str(self.staging.absolute())):
+                raise InputError(f"cannot read {path} ({err.strerror or err}); did it change while this ran?") \
+                    from None
+            raise WriteError(path, err) from None
+        return False
+
+
+def unfinished(target: Path) -> str | None:
+    """Why an OutputFolder's `target` cannot be trusted yet, in words: a live run writes it, a run that died left its
+    staging folder beside it, or died while swapping it in; None when none of these."""
+    target = Path(target)
+    owner = FolderLock(target.parent / f".{target.name}.lock", target, "", "").holder()
+    if owner is not None:
+        return f"{target} is being written by a running process ({owner or 'pid unknown'}); wait for it to end"
+    pattern = f".{glob.escape(target.name)}.*"
+    staging = sorted(target.parent.glob(pattern + ".staging"))
+    if staging:
+        return (f"{staging[0]} was left by a run that did not finish, so {target} is not the latest output; run "
+                "that command again (it clears this), or delete the leftover to use the older output")
+    old = sorted(target.parent.glob(pattern + ".old"))
+    if old and not target.exists():
+        return f"{old[0]} holds {target}, left by a run killed while it swapped its output in; run that command again"
+    return None

@@ -213,3 +213,12 @@ def _read_times(path):
         return {int(k): float(v) for k, v in zip(df["frame_index"], df["time"], strict=True)}
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise InputError(f"{path}: expected columns 'frame_index,time' (RUN number, hours) ({e})") from None
+
+
+def split_of(index_csv: Path, val_fraction: float, seed: int) -> dict[str, str]:
+    """Embryo id -> train/val as a training run on index_csv with this seed and fraction split it (assign_splits);
+    an id on both sides counts as train, test rows are left out."""
+    rows, columns, _ = read_index(index_csv)
+    assign_splits(rows, columns, index_csv, val_fraction, seed)
+    split = {r.cell_id: "val" for r in rows if r.split == "val"}
+    return {**split, **{r.cell_id: "train" for r in rows if r.split == "train"}}
