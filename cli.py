@@ -175,14 +175,21 @@ def stop_signals(stop: StopSignal):
 
 
 @contextlib.contextmanager
-def stop_signals_blocked():
-    """STOP_SIGNALS held back in this thread inside the block, and in every process forked meanwhile (a child starts
-    with its parent's signal mask); those that arrived are delivered when the block ends."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+def stop_signals_held():
+    """STOP_SIGNALS held back inside the block (call from the main thread): blocked in this thread and in every process
+    forked meanwhile (a child starts with its parent's mask), and recorded when another thread takes one; all are
+    delivered to the handlers in place when the block ends."""
+    arrived = []
+    previous = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # those pending in this thread arrive here
+        for signum in arrived:
+            signal.raise_signal(signum)
 
 
 def add_seed_arg(parser, what: str = "weights, split and sampling"):

@@ -338,22 +338,21 @@ class ResumableSampler(Sampler):
 
 
 class ShieldedLoader(DataLoader):
-    """A DataLoader whose workers no signal to the whole process group (Ctrl-C, `timeout`, a batch system) can kill:
-    cli.STOP_SIGNALS are blocked while workers start (a fork inherits the mask) and each ignores them and leaves the
-    group first thing (leave_process_group); the main process gets the signal and stops its workers itself."""
+    """A DataLoader whose workers no signal to the process group (Ctrl-C, `timeout`, a batch system) can kill: the stop
+    signals are blocked while workers start (a fork inherits the mask); each then ignores them and leaves the group."""
 
     def __init__(self, dataset, **kwargs):
         super().__init__(dataset, worker_init_fn=leave_process_group, **kwargs)
 
     def __iter__(self):
-        with cli.stop_signals_blocked():  # delivered to this process once the workers are sheltered
+        with cli.stop_signals_held():  # delivered to this process once the workers are sheltered
             return super().__iter__()
 
 
 def make_loaders(train_ds, val_ds, batch_size: int, num_workers: int, world_size: int, rank: int, seed: int,
                  pin_memory: bool, drop_last: bool) -> tuple[DataLoader, DataLoader | None]:
-    """train.py's loaders: training (a ResumableSampler: this rank's share of the (seed, epoch) order; drop_last for
-    a static batch) and validation (every world_size-th clip from rank on), both ShieldedLoaders."""
+    """train.py's ShieldedLoaders: training (a ResumableSampler: this rank's share of the (seed, epoch) order;
+    drop_last for a static batch) and validation (every world_size-th clip from rank on)."""
     kw = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
               persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
     train_loader = ShieldedLoader(train_ds, sampler=ResumableSampler(train_ds, world_size, rank, seed),
@@ -416,11 +415,12 @@ def check_clips_per_recording(checkpoint: dict | None, path, train_ds):
 
 
 def leave_process_group(worker_id: int):
-    """DataLoader worker init (ShieldedLoader): ignore the stop signals (dropping one held back since the fork; torch's
-    SIGTERM handler would end the worker), leave the process group, unblock. Workers end through their queues."""
+    """ShieldedLoader's worker init: ignore stop signals (dropping one held since the fork), leave the process group,
+    then end on a SIGTERM (now only the main process's terminate() at exit, as torch's handler does) and unblock."""
     for s in cli.STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     os.setpgid(0, 0)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, cli.STOP_SIGNALS)
 
 
