@@ -49,13 +49,13 @@ from cli import (
     check_seed,
     run_main,
     stop_signals,
-    unfinished,
     write_bytes,
 )
 from frames_io import patient_of
 from latents_folder import (
     CONTROL_KEYS,
     EXTRACTION_KEY,
+    PATTERNS,
     check_one_checkpoint,
     load_clips,
     load_trajectories,
@@ -322,7 +322,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[bool, dict[str, dict]]:
         raise InputError(f"--out {args.out} would replace or sit inside the latents it reads ({latents}); choose "
                          "another folder")
     for name in (TRAJECTORY_DIR, CLIPS_DIR):
-        if problem := unfinished(latents / name):
+        if problem := OutputFolder(latents / name, "--out", "extraction", PATTERNS[name]).unfinished():
             raise InputError(problem)
     has_traj, has_clips = ((latents / name).is_dir() for name in (TRAJECTORY_DIR, CLIPS_DIR))
     if not (has_traj or has_clips):

@@ -185,9 +185,11 @@ def stop_signals_held():
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # those pending in this thread arrive here
+        try:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # those pending in this thread arrive here
         for signum in arrived:
             signal.raise_signal(signum)
 
@@ -400,11 +402,11 @@ class OutputFolder:
     (`.<name>.<pid>.staging`), holding `.<name>.lock` beside it, and `commit` swaps it in (the previous folder moved
     to `.<name>.<pid>.old`, the new one renamed into place, the old one removed). A stop, an error or a crash
     leaves the previous folder as it was; the next run removes what a killed one left (or, killed between the
-    two renames, puts its previous folder back), with a line. `patterns` name what the folder may hold: a folder
-    holding anything else is never replaced."""
+    two renames, puts its previous folder back), with a line. `patterns` name what the folder may hold, the first
+    what it always holds: any other folder (not empty) is never replaced."""
 
     def __init__(self, target, flag: str, what: str, patterns: tuple[str, ...], stop: StopSignal | None = None):
-        self.target, self.flag, self.patterns, self.stop = Path(target), flag, patterns, stop
+        self.target, self.flag, self.patterns, self.stop = Path(os.path.abspath(target)), flag, patterns, stop
         self.lock = FolderLock(self.beside("lock"), self.target, f"a running {what}", flag)
         self.staging, self.old = self.beside(f"{os.getpid()}.staging"), self.beside(f"{os.getpid()}.old")
 
@@ -414,14 +416,15 @@ class OutputFolder:
     def check(self) -> "OutputFolder":
         """Before anything is written: InputError for a folder that cannot be written, holds files of something
         else, or is in use by a live run."""
-        if self.target.exists() and not self.target.is_dir():
-            raise InputError(f"{self.flag}: {self.target} is a file, not a folder; choose another {self.flag}")
+        if not self.target.name or (self.target.exists() and not self.target.is_dir()):
+            raise InputError(f"{self.flag} {self.target} must name a folder of its own, not a file or a root")
         check_writable(self.flag, self.target.parent)
-        foreign = sorted(p.name for p in self.target.iterdir() if not any(fnmatch.fnmatch(p.name, pattern)
-                         for pattern in self.patterns)) if self.target.is_dir() else []
-        if foreign:
-            raise InputError(f"{self.target} holds files this script does not write ({', '.join(foreign[:3])}), so "
-                             f"it is not replaced; choose another {self.flag} or move them away")
+        names = sorted(p.name for p in self.target.iterdir()) if self.target.is_dir() else []
+        foreign = [n for n in names if not any(fnmatch.fnmatch(n, pattern) for pattern in self.patterns)]
+        if foreign or (names and not fnmatch.filter(names, self.patterns[0])):
+            reason = f"it holds {', '.join(foreign[:3])}" if foreign else f"it holds no {self.patterns[0]}"
+            raise InputError(f"{self.target} is not this script's output ({reason}), so it is not replaced; choose "
+                             f"another {self.flag} or move it away")
         self.lock.check()
         return self
 
@@ -447,6 +450,20 @@ class OutputFolder:
             raise
         return self.staging
 
+    def unfinished(self) -> str | None:
+        """Why the folder cannot be trusted yet, in words (a live run writes it, a dead one left its staging folder
+        beside it, or died while swapping it in), for a reader of it; None when none of these."""
+        owner, pattern = self.lock.holder(), f".{glob.escape(self.target.name)}.*"
+        if owner is not None:
+            return f"{self.target} is being written by {self.lock.what} ({owner or 'pid unknown'}); wait for it to end"
+        staging, old = (sorted(self.target.parent.glob(pattern + end)) for end in (".staging", ".old"))
+        if staging:
+            return (f"{staging[0]} was left by a run that did not finish, so {self.target} is not the latest output; "
+                    "run that command again (it clears this), or delete the leftover to use the older output")
+        if old and not self.target.exists():
+            return f"{old[0]} holds {self.target}, left by a run killed while it swapped it in; run that command again"
+        return None
+
     def commit(self):
         """Swap the staging folder in. From here on a stop signal only records (the output is whole)."""
         if self.stop is not None:
@@ -470,26 +487,8 @@ class OutputFolder:
             self.lock.__exit__()
         if isinstance(err, OSError) and not isinstance(err, ScriptError):
             path = os.path.abspath(err.filename) if err.filename else str(self.staging.absolute())
-            if not path.startswith(str(self.staging.absolute())):
+            if not any(path.startswith(str(p.absolute())) for p in (self.staging, self.target, self.old)):
                 raise InputError(f"cannot read {path} ({err.strerror or err}); did it change while this ran?") \
                     from None
             raise WriteError(path, err) from None
         return False
-
-
-def unfinished(target: Path) -> str | None:
-    """Why an OutputFolder's `target` cannot be trusted yet, in words: a live run writes it, a run that died left its
-    staging folder beside it, or died while swapping it in; None when none of these."""
-    target = Path(target)
-    owner = FolderLock(target.parent / f".{target.name}.lock", target, "", "").holder()
-    if owner is not None:
-        return f"{target} is being written by a running process ({owner or 'pid unknown'}); wait for it to end"
-    pattern = f".{glob.escape(target.name)}.*"
-    staging = sorted(target.parent.glob(pattern + ".staging"))
-    if staging:
-        return (f"{staging[0]} was left by a run that did not finish, so {target} is not the latest output; run "
-                "that command again (it clears this), or delete the leftover to use the older output")
-    old = sorted(target.parent.glob(pattern + ".old"))
-    if old and not target.exists():
-        return f"{old[0]} holds {target}, left by a run killed while it swapped its output in; run that command again"
-    return None

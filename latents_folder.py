@@ -20,7 +20,8 @@ from cli import CLIPS_DIR, LATENT_KEY, METADATA_CSV, PIXELS_KEY, TRAJECTORY_DIR,
 
 INFO_JSON = "info.json"
 EXTRACTION_KEY = "extraction_id"  # the array in every trajectory .npz naming the extraction that wrote it
-PATTERNS = {TRAJECTORY_DIR: ("*.npz", METADATA_CSV, INFO_JSON), CLIPS_DIR: ("*.npy", METADATA_CSV, INFO_JSON)}
+# What a subfolder may hold, the file it always holds first (cli.OutputFolder replaces no other folder).
+PATTERNS = {TRAJECTORY_DIR: (METADATA_CSV, "*.npz", INFO_JSON), CLIPS_DIR: (METADATA_CSV, "*.npy", INFO_JSON)}
 MODES = {TRAJECTORY_DIR: "trajectory", CLIPS_DIR: "clips"}  # extract_latents.py --mode of each subfolder
 TRAJECTORY_KEYS = (LATENT_KEY, "frame_indices", "hours", "phase")  # the arrays every trajectory file has
 CONTROL_KEYS = {"untrained": UNTRAINED_KEY, "pixels": PIXELS_KEY}  # control arrays, read only for the probes

@@ -119,7 +119,7 @@ def test_an_extraction_into_a_folder_in_use_is_refused_and_a_stale_lock_taken_ov
         code, err = extract(capsys, checkpoint, wells, out, "--mode", "trajectory")
         assert code == 2 and f"{folder} is in use by a running extraction (pid {holder.pid} on" in one_line(err)
         code, err = analyse(capsys, out, tmp_path / "analysis")  # and the analysis waits for it too
-        assert code == 2 and f"{folder} is being written by a running process (pid {holder.pid}" in one_line(err)
+        assert code == 2 and f"{folder} is being written by a running extraction (pid {holder.pid}" in one_line(err)
         assert files(out) == before and not (tmp_path / "analysis").exists()
     finally:
         holder.kill()
@@ -303,15 +303,16 @@ def test_rows_are_labelled_with_the_split_of_the_run_that_trained_the_checkpoint
     ("--ph_max_points 1", "--ph_max_points must be at least 10, got 1"),
     ("--probe_max_frames 2", "--probe_max_frames must be at least 50, got 2"),
     ("--outlier_threshold nan", "--outlier_threshold must be a finite number, got nan"),
-    ("--out a file", "is a file, not a folder"),
+    ("--out a file", "must name a folder of its own, not a file or a root"),
     ("--out the latents", "would replace or sit inside the latents it reads"),
-    ("--out with other files", "holds files this script does not write (notes.txt)"),
+    ("--out with other files", "is not this script's output (it holds notes.txt), so it is not replaced"),
+    ("--out with CSVs alone", "is not this script's output (it holds no summary.json), so it is not replaced"),
     ("a staging leftover", "was left by a run that did not finish"),
 ])
 def test_the_analysis_refuses_bad_input_before_writing_anything(case, message, tmp_path, capsys):
     folder = tmp_path / "latents"
     _write_latents(folder)
-    out, flags = tmp_path / "analysis", case.split() if case.startswith("--") and not case.startswith("--out") else []
+    out, flags = tmp_path / "analysis", case.split() if case.startswith("--") and case.split()[0] != "--out" else []
     if case in ("two widths", "NaN"):
         path = sorted((folder / "trajectories").glob("*.npz"))[0 if case == "NaN" else 5]
         with np.load(path) as data:
@@ -324,9 +325,9 @@ def test_the_analysis_refuses_bad_input_before_writing_anything(case, message, t
         out.write_text("mine")
     elif case == "--out the latents":
         out = folder
-    elif case == "--out with other files":
+    elif case.startswith("--out with"):  # a folder of the user's, not an earlier analysis
         out.mkdir()
-        (out / "notes.txt").write_text("mine")
+        (out / ("notes.txt" if "other" in case else "mine.csv")).write_text("mine")
     elif case == "a staging leftover":  # an extraction killed (SIGKILL) before it swapped its output in
         (folder / ".clips.12345.staging").mkdir()
     before = files(tmp_path)
@@ -388,13 +389,14 @@ def test_output_folder_swaps_in_whole_and_clears_a_killed_runs_leftovers(tmp_pat
         raise ValueError  # an error: the previous folder stays, the staging folder goes
     assert (target / "a.csv").read_text() == "old" and leftovers(tmp_path) == []
     os.replace(target, tmp_path / ".out.999.old")  # killed between the two renames of a swap
-    assert "killed while it swapped its output in; run that command again" in cli.unfinished(target)
+    reader = cli.OutputFolder(target, "--out", "test", ("*.csv",))
+    assert "left by a run killed while it swapped it in; run that command again" in reader.unfinished()
     (tmp_path / ".out.998.staging").mkdir()  # and another run killed before it swapped
-    assert "was left by a run that did not finish" in cli.unfinished(target)
+    assert "was left by a run that did not finish" in reader.unfinished()
     output = cli.OutputFolder(target, "--out", "test", ("*.csv",)).check()
     with output as staging:
         err = capsys.readouterr().err
         assert "Put back" in err and "Removed" in err and (target / "a.csv").read_text() == "old"
         (staging / "a.csv").write_text("new")
         output.commit()
-    assert (target / "a.csv").read_text() == "new" and leftovers(tmp_path) == [] and cli.unfinished(target) is None
+    assert (target / "a.csv").read_text() == "new" and leftovers(tmp_path) == [] and reader.unfinished() is None
