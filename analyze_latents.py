@@ -1,7 +1,9 @@
 """Analyse latents written by extract_latents.py: T-PHATE, speed, outliers, topology, classifier, probes.
 
-Reads `--latents DIR` (its `trajectories/` and/or `clips/` folders) and writes to `--out DIR`:
-`summary.json` (every number below), CSV tables and PNG figures (drawn by latent_figures.py).
+Reads `--latents DIR` (its `trajectories/` and/or `clips/` folders, checked first by latents_folder.py: each whole,
+of one extraction, both of one checkpoint) and writes `--out DIR` whole (into a folder beside it, swapped in at the
+end; output_folder.OutputFolder): `summary.json` (every number below), CSV tables and PNG figures (drawn by
+latent_figures.py). Exit codes: cli.py's table; a stop signal leaves --out as it was (85, Ctrl-C 130).
 
 - T-PHATE (`tphate`) of each trajectory's latents (its own PCA to `--tphate_n_pca` for the kNN graph only):
   `tphate/<embryo>.png` coloured by time and phase, `tphate_embeddings.csv`, the autocorrelation dropoff per
@@ -10,8 +12,9 @@ Reads `--latents DIR` (its `trajectories/` and/or `clips/` folders) and writes t
   length, start-end distance; robust (median/MAD) outliers (`outliers.csv`, `outliers.png`).
 - Persistent homology (`ripser`): H0/H1 diagrams, total persistence, persistence entropy, Betti curves
   (`persistence_diagrams.csv`, `betti_curves.csv`, `persistence.png`).
-- With a model classifier (clips/probs.npy): accuracy, balanced accuracy, ROC AUC, confusion matrix, ROC curve
-  (`roc_curve.png`, `confusion_matrix.png`), over all labelled clips and per split.
+- The model's own classifier (clips/probs.npy) on labelled clips: accuracy, balanced accuracy, ROC AUC, confusion
+  matrix, ROC curve (`roc_curve.png`, `confusion_matrix.png`), also per split of the run that trained the
+  checkpoint (train, val, unseen); the latents' own label separability is the `label` probe.
 - Probes (latent_probes.PROBES), each beside its controls (`probes` in summary.json, `probes.png`): phase (scores,
   then decoded monotone per embryo, and the onset of every phase: `morphokinetics.csv`, `morphokinetics.png`),
   hours since the first frame (wells with times only; `frames` when none has times), the recording's label; on
@@ -37,104 +40,38 @@ import latent_probes as probes
 from cli import (
     CLIPS_DIR,
     LATENT_KEY,
-    METADATA_CSV,
-    PIXELS_KEY,
     TRAJECTORY_DIR,
-    UNTRAINED_KEY,
     InputError,
     OneLineParser,
+    StopSignal,
     add_seed_arg,
+    check_numbers,
     check_seed,
     run_main,
+    stop_signals,
     write_bytes,
 )
 from frames_io import patient_of
-from index_csv import SPLITS
+from latents_folder import (
+    CONTROL_KEYS,
+    EXTRACTION_KEY,
+    PATTERNS,
+    ROW_SPLITS,
+    check_one_checkpoint,
+    load_clips,
+    load_trajectories,
+    read_info,
+    trajectories_from_clips,
+)
+from output_folder import OutputFolder
 
-TRAJECTORY_KEYS = (LATENT_KEY, "frame_indices", "hours", "phase")  # the arrays every trajectory file has
-CONTROL_KEYS = {"untrained": UNTRAINED_KEY, "pixels": PIXELS_KEY}  # control arrays, read only for the probes
 PER_FRAME = ("z", "frame_indices", "hours", "phase")  # a trajectory dict's per-frame arrays
 MORPHOKINETICS_CSV = "morphokinetics.csv"  # the phase probe's event times: onset of every phase per embryo
+OUTPUTS = ("summary.json", "*.csv", "*.png", "tphate")  # what an --out folder holds (output_folder.OutputFolder)
 
 
 
 # ----------------------------------------------------------------------------- loading
-
-def _split_field(value, dtype):
-    """'a|b|c' -> array; blank / NaN -> empty array."""
-    if not isinstance(value, str) or value == "":
-        return np.array([], dtype=dtype)
-    return np.array(value.split("|"), dtype=dtype)
-
-
-def read_metadata(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    """An extraction's metadata.csv (blank cells = NaN), checked for the columns the analysis needs."""
-    try:
-        meta = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        reason = str(error).splitlines()[0]
-        raise InputError(f"{path}: cannot parse CSV ({reason}); re-run extract_latents.py") from None
-    missing = [c for c in required if c not in meta.columns]
-    if missing:
-        raise InputError(f"{path}: missing columns {missing}; it must come from extract_latents.py")
-    return meta
-
-
-def load_trajectories(latents_dir: Path) -> list[dict]:
-    """Per-embryo trajectories: dicts with name, z (n, C), frame_indices, hours (NaN = unknown), phase, meta;
-    path, start (first row used) and controls (the control arrays the file holds, read when needed)."""
-    folder = latents_dir / TRAJECTORY_DIR
-    meta = read_metadata(folder / METADATA_CSV, ("file", "cell_id", "label"))
-    trajectories = []
-    for _, row in meta.iterrows():
-        path = folder / str(row["file"])
-        if not path.is_file():
-            raise InputError(f"{folder / METADATA_CSV}: row for {row['cell_id']} names {path}, which is missing; "
-                             "re-run extract_latents.py --mode trajectory")
-        with np.load(path) as data:
-            if not set(TRAJECTORY_KEYS) <= set(data.files):
-                raise InputError(f"{path}: needs arrays {', '.join(TRAJECTORY_KEYS)}; re-run extract_latents.py")
-            trajectories.append({
-                "name": path.stem, "z": data[LATENT_KEY].astype(np.float64), "frame_indices": data["frame_indices"],
-                "hours": data["hours"].astype(np.float64), "phase": data["phase"].astype(str),
-                "meta": row.to_dict(), "path": path, "start": 0,
-                "controls": {name for name, key in CONTROL_KEYS.items() if key in data.files},
-            })
-    return trajectories
-
-
-def load_clips(latents_dir: Path) -> dict:
-    """Clip-level latents: meta DataFrame, z_last (N, C), z_seq (N, T, C), probs (N, K) or None."""
-    folder = latents_dir / CLIPS_DIR
-    meta = read_metadata(folder / METADATA_CSV, ("cell_id", "label", "frame_indices"))
-    probs_path = folder / "probs.npy"
-    for name in ("z_last_pooled.npy", "z_seq_pooled.npy"):
-        if not (folder / name).is_file():
-            raise InputError(f"{folder / name} is missing; re-run extract_latents.py --mode clips")
-    return {
-        "meta": meta,
-        "z_last": np.load(folder / "z_last_pooled.npy").astype(np.float64),
-        "z_seq": np.load(folder / "z_seq_pooled.npy").astype(np.float64),
-        "probs": np.load(probs_path).astype(np.float64) if probs_path.is_file() else None,
-    }
-
-
-def trajectories_from_clips(clips: dict) -> list[dict]:
-    """One short trajectory per clip (its pooled z_seq) when no whole-recording trajectories exist."""
-    trajectories = []
-    for i, row in clips["meta"].iterrows():
-        z = clips["z_seq"][i]
-        hours = _split_field(row.get("hours"), np.float64)
-        phase = _split_field(row.get("phase"), str)
-        trajectories.append({
-            "name": f"clip{i:05d}_{row['cell_id']}", "z": z,
-            "frame_indices": _split_field(row["frame_indices"], np.int64),
-            "hours": hours if len(hours) == len(z) else np.full(len(z), np.nan),
-            "phase": phase if len(phase) == len(z) else np.full(len(z), "", dtype=str),
-            "meta": row.to_dict(), "path": None, "start": 0, "controls": set(),
-        })
-    return trajectories
-
 
 def trim_start(trajectories: list[dict], n: int) -> list[dict]:
     """Drop the first n frames of every trajectory (the encoder state warming up from zero); trajectories
@@ -350,14 +287,16 @@ def analyse_probes(trajectories: list[dict], out: Path, args) -> dict:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="analyze_latents.py", description=__doc__.split("\n")[0])
     parser.add_argument("--latents", type=str, required=True,
                         help="folder written by extract_latents.py --out (required; no default)")
-    parser.add_argument("--out", type=str, required=True, help="folder for summary.json, CSVs and PNGs (required)")
+    parser.add_argument("--out", type=str, required=True,
+                        help="folder for summary.json, CSVs and PNGs, written whole: beside it, then swapped in "
+                             "(required)")
     parser.add_argument("--source", type=str, default="auto", choices=["auto", "trajectories", "clips"],
                         help="latents for the trajectory analyses: auto = trajectories/ if present else each "
                              "clip's z_seq (default: auto)")
-    parser.add_argument("--split", type=str, default="all", choices=("all",) + SPLITS,
+    parser.add_argument("--split", type=str, default="all", choices=("all",) + ROW_SPLITS,
                         help="analyse only the recordings of this split (the extraction's split column): val = the "
                              "wells the training run held out, as a supervised run (--phase_weight) must be "
                              "judged (default: %(default)s)")
@@ -369,51 +308,66 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "latents themselves (default: %(default)s)")
     parser.add_argument("--tphate_knn", type=int, default=5, help="T-PHATE k nearest neighbours (default: 5)")
     parser.add_argument("--outlier_threshold", type=float, default=3.5,
-                        help="|modified z-score| above which an embryo is an outlier (default: 3.5)")
+                        help="|modified z-score| above which an embryo is an outlier, > 0 (default: 3.5)")
     parser.add_argument("--ph_max_points", type=int, default=500,
-                        help="points per trajectory for ripser; longer ones are greedily subsampled (default: 500)")
+                        help="points per trajectory for ripser, at least 10; longer ones are greedily subsampled "
+                             "(default: 500)")
     parser.add_argument("--betti_points", type=int, default=100, help="radii in the Betti curves (default: 100)")
     parser.add_argument("--cv_folds", type=int, default=5,
                         help="cross-validation folds (fewer when there are fewer groups) (default: 5)")
     parser.add_argument("--probe_max_frames", type=int, default=5000,
-                        help="frames each probe fold fits on at most (a seeded sample of its training part); it "
-                             "predicts every frame of its held-out embryos (default: %(default)s)")
+                        help="frames each probe fold fits on at most (a seeded sample of its training part), at "
+                             "least 50; it predicts every frame of its held-out embryos (default: %(default)s)")
     parser.add_argument("--max_embryo_plots", type=int, default=100,
                         help="per-embryo T-PHATE figures to draw; embeddings of all go to CSV (default: 100)")
     add_seed_arg(parser, "T-PHATE, subsampling and cross-validation")
     return parser
 
 
-def check_inputs(args: argparse.Namespace) -> tuple[bool, bool]:
-    """Flag ranges and the latents folder's layout; returns (has trajectories, has clips)."""
-    latents = Path(args.latents)
-    has_traj = (latents / TRAJECTORY_DIR / METADATA_CSV).is_file()
-    has_clips = (latents / CLIPS_DIR / METADATA_CSV).is_file()
+def check_inputs(args: argparse.Namespace) -> tuple[bool, dict[str, dict]]:
+    """Before anything is written: flag ranges, --out, and the latents folder (each subfolder read is whole and of
+    one extraction, none is being written or was left half-swapped, and trajectories/ and clips/ come from one
+    checkpoint). Returns (whether trajectories/ is analysed, {subfolder read: its info.json})."""
+    latents, out = Path(args.latents), Path(args.out).resolve()
     check_seed(args.seed)
-    minimum = {"trim_start": 0, "tphate_n_pca": 1, "tphate_knn": 2, "cv_folds": 2, "betti_points": 2,
-               "probe_max_frames": 2}
-    too_low = [f"--{flag} >= {low} (got {getattr(args, flag)})" for flag, low in minimum.items()
-               if getattr(args, flag) < low]
-    if too_low:
-        raise InputError("need " + ", ".join(too_low))
+    check_numbers(args, finite=("outlier_threshold",), above=("outlier_threshold",), at_least={
+        "trim_start": 0, "tphate_n_pca": 1, "tphate_knn": 2, "cv_folds": 2, "betti_points": 2, "probe_max_frames": 50,
+        "ph_max_points": 10, "max_embryo_plots": 0})
+    if not latents.is_dir():
+        raise InputError(f"--latents {latents} is not a folder; point it at the --out folder of extract_latents.py")
+    if out == latents.resolve() or out in latents.resolve().parents or any(
+            out.is_relative_to((latents / name).resolve()) for name in (TRAJECTORY_DIR, CLIPS_DIR)):
+        raise InputError(f"--out {args.out} would replace or sit inside the latents it reads ({latents}); choose "
+                         "another folder")
+    for name in (TRAJECTORY_DIR, CLIPS_DIR):
+        if problem := OutputFolder(latents / name, "--out", "extraction", PATTERNS[name]).unfinished():
+            raise InputError(problem)
+    has_traj, has_clips = ((latents / name).is_dir() for name in (TRAJECTORY_DIR, CLIPS_DIR))
     if not (has_traj or has_clips):
-        raise InputError(f"{latents}: no {TRAJECTORY_DIR}/{METADATA_CSV} or {CLIPS_DIR}/{METADATA_CSV}; "
-                         "point --latents at the --out folder of extract_latents.py")
+        raise InputError(f"{latents}: no {TRAJECTORY_DIR}/ or {CLIPS_DIR}/; point --latents at the --out folder of "
+                         "extract_latents.py")
     if args.source == "trajectories" and not has_traj:
-        raise InputError(f"{latents / TRAJECTORY_DIR / METADATA_CSV} is missing; run extract_latents.py "
-                         "--mode trajectory or use --source auto")
+        raise InputError(f"{latents / TRAJECTORY_DIR} is missing; run extract_latents.py --mode trajectory or use "
+                         "--source auto")
     if args.source == "clips" and not has_clips:
-        raise InputError(f"{latents / CLIPS_DIR / METADATA_CSV} is missing; run extract_latents.py --mode clips")
-    return has_traj, has_clips
-
-
-def main(args: argparse.Namespace) -> dict:
-    """Run every analysis the latents allow and write summary.json; returns the summary."""
-    latents, out = Path(args.latents), Path(args.out)
-    has_traj, has_clips = check_inputs(args)
-    clips = load_clips(latents) if has_clips else None
+        raise InputError(f"{latents / CLIPS_DIR} is missing; run extract_latents.py --mode clips")
     use_traj = has_traj and args.source != "clips"
-    trajectories = load_trajectories(latents) if use_traj else trajectories_from_clips(clips)
+    infos = {name: read_info(latents / name) for name, read in ((TRAJECTORY_DIR, use_traj), (CLIPS_DIR, has_clips))
+             if read}
+    if len(infos) == 2:
+        check_one_checkpoint(latents, infos)
+    return use_traj, infos
+
+
+def main(args: argparse.Namespace, stop: StopSignal | None = None) -> dict:
+    """Check everything, then run every analysis the latents allow into a staging folder beside --out and swap it
+    in whole (summary.json last); returns the summary. A stop signal (`stop`) leaves --out as it was."""
+    latents = Path(args.latents)
+    use_traj, infos = check_inputs(args)
+    output = OutputFolder(args.out, "--out", "analysis", OUTPUTS, stop).check()
+    clips = load_clips(latents) if CLIPS_DIR in infos else None
+    trajectories = load_trajectories(latents, infos[TRAJECTORY_DIR][EXTRACTION_KEY]) if use_traj else \
+        trajectories_from_clips(clips)
     if args.split != "all":  # e.g. only the wells the training run held out
         trajectories = [t for t in trajectories if str(t["meta"].get("split", "")) == args.split]
     n_loaded = len(trajectories)
@@ -422,22 +376,19 @@ def main(args: argparse.Namespace) -> dict:
         of_split = "" if args.split == "all" else f" of split {args.split}"
         raise InputError(f"{latents}: no trajectory{of_split} with at least {args.trim_start + 3} frames (loaded "
                          f"{n_loaded}); lower --trim_start, choose another --split or check the extraction")
-    out.mkdir(parents=True, exist_ok=True)
-
     summary = {"latents": str(latents), "trajectory_source": "trajectories" if use_traj else "clips (pooled z_seq)",
                "split": args.split, "trim_start": args.trim_start,
-               "trajectories_dropped_as_too_short": n_loaded - len(trajectories)}
-    for name in (TRAJECTORY_DIR, CLIPS_DIR):
-        info = latents / name / "info.json"
-        if info.is_file():
-            summary[f"extraction_{name}"] = json.loads(info.read_text())
-    summary["trajectories"] = analyse_trajectories(trajectories, out, args)
-    summary["classification"] = analyse_classifier(clips, out)
-    summary["probes"] = analyse_probes(trajectories, out, args)
-    summary["phase_probe"] = probes.legacy_phase_probe(summary["probes"].get("phase"))
-    figures.plot_probes(summary["probes"], out / "probes.png")
-    summary["figures"] = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+               "trajectories_dropped_as_too_short": n_loaded - len(trajectories),
+               **{f"extraction_{name}": {k: v for k, v in i.items() if k != "files"} for name, i in infos.items()}}
+    with output as out:
+        summary["trajectories"] = analyse_trajectories(trajectories, out, args)
+        summary["classification"] = analyse_classifier(clips, out)
+        summary["probes"] = analyse_probes(trajectories, out, args)
+        summary["phase_probe"] = probes.legacy_phase_probe(summary["probes"].get("phase"))
+        figures.plot_probes(summary["probes"], out / "probes.png")
+        summary["figures"] = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+        write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=_json_default).encode())
+        output.commit()
     return summary
 
 
@@ -454,8 +405,10 @@ def _margin(value: float | None) -> str:
 
 
 def report(args: argparse.Namespace) -> int:
-    """main() for the command line: run it and print one line of results."""
-    result = main(args)
+    """main() for the command line, a stop signal ending it at once (nothing to save): run it and print one line of
+    results."""
+    with stop_signals(StopSignal(f"analysis stopped, nothing of it kept; {args.out} is as it was")) as stop:
+        result = main(args, stop)
     cls = result["classification"]
     margins = [f"{name} {probe['metric']} {probe['linear']['trained'][probe['metric']]:.3f} (over the untrained "
                f"model {_margin(probe['margin_over_untrained'])}, over raw pixels "

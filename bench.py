@@ -332,7 +332,7 @@ def measure_extraction(config: ModelConfig, device, amp_dtype, n_recordings: int
     one recording at a time in fp32 against encode_trajectories' side-by-side batch under amp_dtype."""
     import extract_latents
 
-    chunk_len = extract_latents.get_args_parser().get_default("chunk_len")
+    chunk_len = extract_latents.CHUNK_LEN
     models = [ConvLSTMAutoencoder(config).to(device).eval() for _ in range(2)]  # trained stand-in, control
     lengths = torch.linspace(3 * seq_len, 5 * seq_len, n_recordings).long().tolist()
     recordings = [torch.rand(n, config.in_channels, config.image_size, config.image_size) for n in lengths]

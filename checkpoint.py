@@ -6,22 +6,29 @@ and the previous one stays. A checkpoint holds plain values only, so `torch.load
 reads it. No model code here.
 """
 
-import contextlib
-import fcntl
 import hashlib
 import io
 import json
 import os
 import random
 import re
-import socket
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cli import FLAG_ALIASES, LOSS_KEYS, LOSS_PARTS, TRAINING_LOG, InputError, NonFiniteError, WriteError, write_bytes
+from cli import (
+    FLAG_ALIASES,
+    LOSS_KEYS,
+    LOSS_PARTS,
+    TRAINING_LOG,
+    InputError,
+    NonFiniteError,
+    WriteError,
+    write_bytes,
+)
+from output_folder import FolderLock
 
 # What a checkpoint must hold for training to continue from it; extraction needs the first two.
 MODEL_KEYS = ("model_config", "model_state_dict")
@@ -111,6 +118,8 @@ def find_resume_checkpoint(save_dir, resume_from, model_config: dict, args: dict
         if not resume_from:
             return None, None, []
         path = Path(resume_from)
+        if path.is_dir():
+            raise InputError(f"--resume_from {path} is a folder; pass a checkpoint in it, such as {path / 'last.pt'}")
         if not path.is_file():
             raise InputError(f"--resume_from {path}: file not found")
     checkpoint = load_checkpoint(path, RESUME_KEYS)
@@ -319,63 +328,23 @@ def _mtime(path: Path) -> int | None:
     return path.stat().st_mtime_ns if path.is_file() else None
 
 
-class RunLock:
-    """An exclusive lock on a save_dir, held while a run lives. The kernel releases it when the process
-    dies, so a killed run's lock is taken over (with a line); a live run's lock is an InputError."""
+class RunLock(FolderLock):
+    """The save_dir's lock (FolderLock on save_dir/.train.lock), which also refuses another run's files and a
+    last.pt that another run wrote while this one started."""
 
     def __init__(self, save_dir: Path):
-        self.path = Path(save_dir) / LOCK_FILE
-        self.file, self.seen = None, None
+        super().__init__(Path(save_dir) / LOCK_FILE, Path(save_dir), "a running training", "--save_dir")
+        self.seen = None
 
     def check(self) -> "RunLock":
         """Before the input is known good (writes nothing): refuse another run's files (check_save_dir) and a
         live run's lock early, and note last.pt's time, so that __enter__ sees a run that wrote it meanwhile."""
-        check_save_dir(self.path.parent)
-        if self.path.is_file():
-            with contextlib.suppress(OSError), open(self.path) as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise self._in_use(f.read()) from None
-        self.seen = _mtime(self.path.parent / "last.pt")
+        check_save_dir(self.folder)
+        super().check()
+        self.seen = _mtime(self.folder / "last.pt")
         return self
 
-    def __enter__(self):
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.path, "a+")  # noqa: SIM115 (held open for the run's lifetime)
-        except OSError as err:
-            raise WriteError(self.path, err) from None
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.seek(0)
-            owner = self.file.read()
-            self.file.close()
-            raise self._in_use(owner) from None
-        self.file.seek(0)
-        previous = self.file.read().strip()
-        if _mtime(self.path.parent / "last.pt") != self.seen:
-            self.file.close()
-            raise InputError(f"{self.path.parent / 'last.pt'} was written by another run while this one started; "
+    def locked(self):
+        if _mtime(self.folder / "last.pt") != self.seen:
+            raise InputError(f"{self.folder / 'last.pt'} was written by another run while this one started; "
                              f"run the command again")
-        if previous:
-            print(f"Taking over {self.path} left by a run that ended without releasing it ({previous})",
-                  file=sys.stderr, flush=True)
-        try:
-            self.file.truncate(0)
-            self.file.write(f"pid {os.getpid()} on {socket.gethostname()}")
-            self.file.flush()
-        except OSError as err:
-            self.file.close()
-            raise WriteError(self.path, err) from None
-        return self
-
-    def __exit__(self, *exc):
-        with contextlib.suppress(OSError):
-            self.file.truncate(0)
-        self.file.close()
-
-    def _in_use(self, owner: str) -> InputError:
-        return InputError(f"{self.path.parent} is in use by a running training ({owner.strip() or 'another process'}"
-                          f"); wait for it to end or choose another --save_dir")

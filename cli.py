@@ -1,6 +1,6 @@
-"""What every script shares: the one-line argument parser, the error types and exit codes, shared flags,
-the choice of device, autocast dtype and loader workers, the one atomic file writer, the file names of the log and
-latents folders, and the table of loss parts.
+"""What every script shares: the one-line argument parser, the error types and exit codes, the stop signals,
+shared flags, the choice of device, autocast dtype and loader workers, the one atomic file writer, the file names
+of the log and latents folders, and the table of loss parts (folders written whole: output_folder.py).
 
 Importing this module loads no torch (build_index.py and the analysis use it); the device functions
 import torch when called.
@@ -24,6 +24,9 @@ EXIT_BAD_INPUT = 2  # bad flags or input, or a save_dir in use: one line, nothin
 EXIT_NON_FINITE = 3  # non-finite loss or weights; every checkpoint on disk stays finite
 EXIT_WRITE_ERROR = 74  # an OS error while writing (EX_IOERR); the previous files stay intact
 EXIT_STOPPED = 85  # SIGTERM/SIGUSR1 arrived and the state was saved (HTCondor's checkpoint_exit_code)
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT, 128 + 2 as a shell reports it): saved as for 85; a second one ends at once
+# A batch system's preemption, a checkpoint-now request, a terminal's Ctrl-C (sent to the whole process group).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -122,11 +125,20 @@ class NonFiniteError(ScriptError):
     exit_code = EXIT_NON_FINITE
 
 
+def stop_exit_code(signal_name: str) -> int:
+    """The exit code of a run ended by a stop signal: 130 for Ctrl-C (SIGINT), else 85."""
+    return EXIT_INTERRUPTED if signal_name == "SIGINT" else EXIT_STOPPED
+
+
 class Stopped(ScriptError):
-    """SIGTERM/SIGUSR1 arrived before there was anything (new) to save: one line; exit 85, the same command
-    continues."""
+    """A stop signal arrived and there was nothing (new) to save: one line; exit 85 (130 for SIGINT), the same
+    command continues."""
 
     exit_code = EXIT_STOPPED
+
+    def __init__(self, message: str, signal_name: str = "SIGTERM"):
+        super().__init__(message)
+        self.exit_code = stop_exit_code(signal_name)
 
 
 class WriteError(ScriptError, OSError):
@@ -146,12 +158,58 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 class StopSignal:
-    """Signal handler that only records SIGTERM/SIGUSR1; the loop finishes its step, then saves."""
+    """Handler of STOP_SIGNALS. It records the first one, so that train.py's loop finishes its step and saves; while
+    `discard` (what is dropped, in words) is set it raises Stopped at once instead, for a script with nothing to
+    save (extraction, analysis). A Ctrl-C after any stop signal ends at once (KeyboardInterrupt)."""
 
-    received: str | None = None
+    def __init__(self, discard: str | None = None):
+        self.received, self.discard = None, discard
 
     def __call__(self, signum, frame):
-        self.received = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if self.received is not None and name == "SIGINT":
+            raise KeyboardInterrupt
+        self.received = name
+        if self.discard:
+            discard, self.discard = self.discard, None
+            raise Stopped(f"{name}: {discard}; exit {stop_exit_code(name)}", name)
+
+    def end(self, what: str, say: bool = True) -> int:
+        """The exit code of a run this signal ended after `what` (in words), printed with it when `say`."""
+        if say:
+            print(f"{self.received}: {what}; exit {stop_exit_code(self.received)}", flush=True)
+        return stop_exit_code(self.received)
+
+
+@contextlib.contextmanager
+def stop_signals(stop: StopSignal):
+    """STOP_SIGNALS go to `stop` inside the block (call from the main thread); the previous handlers after it."""
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def stop_signals_held():
+    """STOP_SIGNALS held back inside the block (call from the main thread): blocked in this thread and in every process
+    forked meanwhile (a child starts with its parent's mask), and recorded when another thread takes one; all are
+    delivered to the handlers in place when the block ends."""
+    arrived = []
+    previous = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        try:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # those pending in this thread arrive here
+        for signum in arrived:
+            signal.raise_signal(signum)
 
 
 def add_seed_arg(parser, what: str = "weights, split and sampling"):
@@ -178,17 +236,24 @@ def add_device_args(parser, amp: bool = True, compile: bool = False, compile_ali
                                  "(default: %(default)s)")
 
 
-def num_workers_arg(value: str) -> int | str:
-    """argparse type of --num_workers: 'auto', or a whole number >= 0."""
-    if value == "auto":
-        return value
-    try:
-        count = int(value)
-    except ValueError:
-        count = -1
-    if count < 0:
-        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 0, got {value!r}")
-    return count
+def auto_or_count(minimum: int) -> Callable[[str], int | str]:
+    """The argparse type of a flag that takes 'auto' or a whole number >= minimum (--num_workers, --state_stride)."""
+
+    def parse(value: str) -> int | str:
+        if value == "auto":
+            return value
+        try:
+            count = int(value)
+        except ValueError:
+            count = minimum - 1
+        if count < minimum:
+            raise argparse.ArgumentTypeError(f"expected auto or a whole number >= {minimum}, got {value!r}")
+        return count
+
+    return parse
+
+
+num_workers_arg = auto_or_count(0)  # one function: every script's --num_workers has the same type
 
 
 def add_num_workers_arg(group):
@@ -218,19 +283,24 @@ def check_seed(seed: int):
         raise InputError(f"--seed must be in [0, 2**32), got {seed}")
 
 
-def check_numbers(args, at_least: dict[str, float], finite: tuple[str, ...] = (), positive: tuple[str, ...] = ()):
-    """InputError naming the first flag in `finite` that is NaN or infinite, in `positive` that is not above 0, or
-    that is below its `at_least` value (None values, meaning "the default", are skipped)."""
+def check_numbers(args, at_least: dict[str, float], finite: tuple[str, ...] = (), above: tuple[str, ...] = ()):
+    """InputError naming the first flag in `finite` that is NaN or infinite, that is below its `at_least` value, or
+    that is not above 0 (`above`) (None values, meaning "the default", are skipped)."""
     for name in finite:
         if not math.isfinite(getattr(args, name)):
             raise InputError(f"--{name} must be a finite number, got {getattr(args, name)}")
-    for name in positive:
-        if not getattr(args, name) > 0:
-            raise InputError(f"--{name} must be > 0, got {getattr(args, name)}")
-    for name, low in at_least.items():
+    for name, low in {**at_least, **dict.fromkeys(above, 0)}.items():
         value = getattr(args, name)
-        if value is not None and not value >= low:
-            raise InputError(f"--{name} must be at least {low}, got {value}")
+        if value is not None and not (value > low if name in above else value >= low):
+            raise InputError(f"--{name} must be {'above' if name in above else 'at least'} {low}, got {value}")
+
+
+def check_loss_weights(args):
+    """InputError for a loss weight changed from its default while its part is off (LossPart.needs)."""
+    for part in LOSS_PARTS:
+        if part.needs and not getattr(args, part.needs) and getattr(args, part.flag) != part.default:
+            raise InputError(f"--{part.flag} weights a loss part that only --{part.needs} turns on; pass "
+                             f"--{part.needs} or drop --{part.flag}")
 
 
 def check_writable(flag: str, folder):
@@ -306,9 +376,16 @@ def write_json(path: Path, value):
 
 
 def run_main(prog: str, main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    """Call main(args) and turn the errors it lets through into the exit-code table, one stderr line each."""
+    """Call main(args) and turn the errors it lets through into the exit-code table, one stderr line each (a stop
+    is not an error; a second Ctrl-C, or the first where main keeps Python's handler, ends at once: 130)."""
     try:
         return main(args) or EXIT_OK
+    except Stopped as err:
+        print(f"{prog}: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
     except ScriptError as err:
         print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
         return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: SIGINT: stopped at once; exit {EXIT_INTERRUPTED}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED

@@ -10,6 +10,7 @@ Frames are decoded by frames_io.FrameStore (grayscale, centre-cropped to a squar
 """
 import logging
 import os
+import signal
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+import cli
 from cli import DEFAULT_SEED, FLAG_ALIASES, InputError, StopSignal, add_num_workers_arg, atomic_write
 from frames_io import PHASES, BadFile, FrameStore
 from index_csv import SPLITS, assign_splits, attach_annotations, check_sources, group_recordings, read_index, row_error
@@ -30,6 +32,7 @@ SAMPLINGS = ("uniform", "window", "span")
 INHERITED_FIELDS = ("seq_len", "sampling", "normalize", "annotations_dir", "cache_dir")
 NORMALIZATIONS = ("percentile", "none", "zscore")
 NORMALIZE_ALIASES = FLAG_ALIASES["normalize"]  # the name earlier versions (and their checkpoints) used
+MAX_CLIPS_PER_RECORDING = 1000
 
 
 @dataclass
@@ -62,8 +65,9 @@ class DataConfig:
             raise InputError(f"seq_len and image_size must be positive, got {self.seq_len} and {self.image_size}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"--val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.clips_per_recording < 1:
-            raise InputError(f"--clips_per_recording must be >= 1, got {self.clips_per_recording}")
+        if not 1 <= self.clips_per_recording <= MAX_CLIPS_PER_RECORDING:  # an epoch's order is held in memory
+            raise InputError(f"--clips_per_recording must be in [1, {MAX_CLIPS_PER_RECORDING}], got "
+                             f"{self.clips_per_recording}; more epochs give more clips")
         self.cache_dir = None if self.cache_dir is None else str(self.cache_dir)
         self.annotations_dir = None if self.annotations_dir is None else str(self.annotations_dir)
 
@@ -200,13 +204,13 @@ class IVFSequenceDataset(Dataset):
         self.sources = group_recordings(rows, form)
         self.store = FrameStore(self.image_size, resolve_cache_dir(self.config.cache_dir, self.index_csv))
         self.rows = check_sources(rows, self.sources, self.store, self.config.skip_bad, stop, self.index_csv)
+        self.skipped = [r for r in rows if self.sources[r.source].error]  # unreadable rows --skip_bad dropped
         n_resampled = sum(r.positions is not None and len(r.positions) != self.seq_len for r in self.rows)
         if n_resampled:
             log.warning("%s: %d clip rows do not have seq_len=%d frames; they are resampled evenly",
                         self.index_csv, n_resampled, self.seq_len)
         if self.has_annotations:
             attach_annotations(self.rows, self.sources, Path(self.config.annotations_dir), self.index_csv)
-
 
     def _read(self, row, positions):
         """Integer frames (T, H, W) of the row's recording at `positions`."""
@@ -305,16 +309,27 @@ class ResumableSampler(Sampler):
         return len(self.inner) - self.skip
 
 
+class ShieldedLoader(DataLoader):
+    """A DataLoader whose workers no signal to the process group (Ctrl-C, `timeout`, a batch system) can kill: the stop
+    signals are blocked while workers start (a fork inherits the mask); each then ignores them and leaves the group."""
+
+    def __init__(self, dataset, **kwargs):
+        super().__init__(dataset, worker_init_fn=leave_process_group, **kwargs)
+
+    def __iter__(self):
+        with cli.stop_signals_held():  # delivered to this process once the workers are sheltered
+            return super().__iter__()
+
+
 def make_loaders(train_ds, val_ds, batch_size: int, num_workers: int, world_size: int, rank: int, seed: int,
                  pin_memory: bool, drop_last: bool) -> tuple[DataLoader, DataLoader | None]:
-    """train.py's loaders: training (a ResumableSampler: this rank's share of the (seed, epoch) order; drop_last for
-    a static batch) and validation (every world_size-th clip from rank on); workers outside the process group."""
+    """train.py's ShieldedLoaders: training (a ResumableSampler: this rank's share of the (seed, epoch) order;
+    drop_last for a static batch) and validation (every world_size-th clip from rank on)."""
     kw = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
-              persistent_workers=num_workers > 0, worker_init_fn=leave_process_group,
-              generator=torch.Generator().manual_seed(seed))
-    train_loader = DataLoader(train_ds, sampler=ResumableSampler(train_ds, world_size, rank, seed), drop_last=drop_last,
-                              **kw)
-    val_loader = DataLoader(val_ds, sampler=list(range(rank, len(val_ds), world_size)), **kw) \
+              persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
+    train_loader = ShieldedLoader(train_ds, sampler=ResumableSampler(train_ds, world_size, rank, seed),
+                                  drop_last=drop_last, **kw)
+    val_loader = ShieldedLoader(val_ds, sampler=list(range(rank, len(val_ds), world_size)), **kw) \
         if val_ds is not None else None
     return train_loader, val_loader
 
@@ -323,6 +338,12 @@ def write_split_csv(path: Path, *datasets):
     """split.csv: every row of the datasets (None: left out) with its split, embryo and patient."""
     rows = [ds.metadata(i) for ds in datasets if ds is not None for i in range(len(ds.rows))]
     atomic_write(path, lambda f: f.write(pd.DataFrame(rows).to_csv(index=False).encode()))
+
+
+def run_split(train_ds, val_ds) -> dict[str, str]:
+    """Embryo id -> this run's split (an id on both sides: train), kept in its checkpoints for extraction."""
+    split = {r.cell_id: "val" for r in (val_ds.rows if val_ds is not None else ())}
+    return {**split, **{r.cell_id: "train" for r in train_ds.rows}}
 
 
 def run_plan(train_ds, val_ds, steps_per_epoch: int, batch_size: int, world_size: int, num_epochs: int,
@@ -340,10 +361,13 @@ def run_plan(train_ds, val_ds, steps_per_epoch: int, batch_size: int, world_size
 
 def train_val_datasets(index_csv, config: DataConfig, stop=None, num_classes: int | None = None):
     """Train and val datasets (val when val_fraction > 0); labels checked against num_classes when the classifier is
-    on. A stop signal (cli.StopSignal) ends the build with cli.Stopped."""
+    on; --clips_per_recording refused on clip rows. A stop signal (cli.StopSignal) ends the build with cli.Stopped."""
     train_ds = IVFSequenceDataset(index_csv, config, split="train", stop=stop)
     val_ds = IVFSequenceDataset(index_csv, config, split="val", augment=False, stop=stop) \
         if config.val_fraction > 0 else None
+    if train_ds.form == "clips" and config.clips_per_recording != DataConfig.clips_per_recording:
+        raise InputError(f"--clips_per_recording draws clips from video rows, but {index_csv} has clip rows (one "
+                         f"clip each); drop the flag")
     if num_classes is not None:
         for row in (r for ds in (train_ds, val_ds) if ds is not None for r in ds.rows):
             if row.label >= num_classes:
@@ -365,10 +389,13 @@ def check_clips_per_recording(checkpoint: dict | None, path, train_ds):
 
 
 def leave_process_group(worker_id: int):
-    """DataLoader worker init: a SIGTERM sent to the whole process group (by `timeout`, a shell)
-    would kill the workers mid-batch; outside the group, only the main process gets it, finishes
-    its step, saves and then stops the workers itself."""
+    """ShieldedLoader's worker init: ignore stop signals (dropping one held since the fork), leave the process group,
+    then end on a SIGTERM (now only the main process's terminate() at exit, as torch's handler does) and unblock."""
+    for s in cli.STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
     os.setpgid(0, 0)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, cli.STOP_SIGNALS)
 
 
 def augment_clip(frames, rng, normalize: str, max_value: int) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 The first numbers are the trained latents' margins over an untrained model of the same configuration (the honest
 control) and over raw pixels; then every probe (summary.json's `probes`, in the analysis's order) beside its
-controls: its scores, the phases decoded monotone, and the event times.
+controls: its scores, the phases decoded monotone, and the event times. A missing, truncated or partial output is
+one line naming it and the step to run again (exit 2).
 """
 
 import argparse
@@ -74,11 +75,8 @@ def _probe_lines(name: str, probe: dict | None) -> list[str]:
 
 
 def headline(demo_dir: Path) -> list[str]:
-    """The lines of the report; raises FileNotFoundError when a step's output is missing."""
-    history = json.loads((demo_dir / "logs" / TRAINING_LOG).read_text())
-    summary = json.loads((demo_dir / "analysis" / "summary.json").read_text())
-    first, last = history[0], history[-1]
-    best = min(history, key=lambda e: e["val_total"])
+    """The lines of the report (read_outputs: an InputError when a step's output is missing or unreadable)."""
+    history, summary = read_outputs(demo_dir)
     cls, probes = summary["classification"], summary["probes"]
     lines = [
         "Outputs",
@@ -92,25 +90,64 @@ def headline(demo_dir: Path) -> list[str]:
         f"  margins              {_margins(probes)} (the trained latents minus the same probe on an untrained "
         "model of the same configuration, and on the raw pixels)",
         *(line for name, probe in probes.items() for line in _probe_lines(name, probe)),
-        f"  validation MS-SSIM   epoch 1: {1 - first['val_ms_ssim']:.3f}   epoch {last['epoch']}: "
-        f"{1 - last['val_ms_ssim']:.3f}   (validation loss {first['val_total']:.3f} -> {best['val_total']:.3f}, "
-        f"best at epoch {best['epoch']})",
+        _loss_line(history),
     ]
     if cls is not None:
-        val_auc = cls.get("by_split", {}).get("val", {}).get("roc_auc")
-        lines.append(f"  empty vs embryo      ROC AUC {cls['roc_auc']:.3f} on all wells"
-                     + (f", {val_auc:.3f} on validation wells" if val_auc is not None else "")
-                     + f" ({cls['source'].split(' (')[0]})")
+        lines.append(_classifier_line(cls))
     return lines
+
+
+def _loss_line(history: list[dict]) -> str:
+    """MS-SSIM of the first and last epoch and the loss's first and best value: validation's, or training's for a
+    run without validation (--val_fraction 0)."""
+    first, last = history[0], history[-1]
+    prefix = "val_" if first.get("val_total") is not None else ""
+    best = min(history, key=lambda e: e[f"{prefix}total"])
+    name = "validation" if prefix else "training (no validation split)"
+    return (f"  {name.split()[0] + ' MS-SSIM':20s} epoch {first['epoch']}: {1 - first[prefix + 'ms_ssim']:.3f}   "
+            f"epoch {last['epoch']}: {1 - last[prefix + 'ms_ssim']:.3f}   ({name} loss {first[prefix + 'total']:.3f} "
+            f"-> {best[prefix + 'total']:.3f}, best at epoch {best['epoch']})")
+
+
+def _classifier_line(cls: dict) -> str:
+    """The model classifier's ROC AUC on all wells and on the run's validation wells (undefined with one class)."""
+    val_auc = cls.get("by_split", {}).get("val", {}).get("roc_auc")
+    auc = "undefined (one class among the labelled wells)" if cls["roc_auc"] is None else f"{cls['roc_auc']:.3f}"
+    return (f"  empty vs embryo      ROC AUC {auc} on all wells"
+            + (f", {val_auc:.3f} on validation wells" if val_auc is not None else "")
+            + f" ({cls['source'].split(' (')[0]})")
+
+
+def read_outputs(demo_dir: Path) -> tuple[list[dict], dict]:
+    """The training log (a list of epochs, at least one) and the analysis summary; InputError (one line) naming what
+    is missing or unreadable and the step to run again."""
+    if not demo_dir.is_dir():
+        raise InputError(f"--demo_dir {demo_dir} is not a folder; run `make demo` first, or pass its output folder")
+    values = []
+    for path, step, kind in ((demo_dir / "logs" / TRAINING_LOG, "train.py", list),
+                             (demo_dir / "analysis" / "summary.json", "analyze_latents.py", dict)):
+        try:
+            value = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{path} is missing; run `make demo` first") from None
+        except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise InputError(f"{path} cannot be read ({type(err).__name__}); run {step} again (`make demo`)") from None
+        if not isinstance(value, kind) or not value:
+            what = "epoch" if kind is list else "results"
+            raise InputError(f"{path} holds no {what}; run {step} again (`make demo`)")
+        values.append(value)
+    history, summary = values
+    if not all(isinstance(e, dict) and "epoch" in e for e in history):
+        raise InputError(f"{demo_dir / 'logs' / TRAINING_LOG} is not a list of epochs; run train.py again")
+    return history, summary
 
 
 def main(args) -> int:
     try:
         print("\n".join(headline(Path(args.demo_dir))))
-    except FileNotFoundError as error:
-        raise InputError(f"{error.filename} is missing; run `make demo` first") from None
-    except KeyError as error:
-        raise InputError(f"summary.json has no {error}; re-run analyze_latents.py") from None
+    except (KeyError, TypeError, IndexError) as error:  # an entry missing or of another type: an older or foreign file
+        raise InputError(f"{args.demo_dir}: the training log or summary.json lacks what the report reads "
+                         f"({type(error).__name__}: {error}); run train.py and analyze_latents.py again") from None
     return 0
 
 

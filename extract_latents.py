@@ -24,15 +24,23 @@ pass), `--batch_size` recordings side by side, one file per embryo as it goes, s
   initial weights (same config, the training seed), and `pixels` (n, 256), the frames area-averaged to 16 x 16;
 - `metadata.csv` (file, cell_id, label, n_frames, total_frames, frame_step, index columns) and `info.json`.
 Frames of a trajectory are normalised over the whole recording (training normalised each clip).
+
+Each row's `split` is that of the run that trained the checkpoint (stored in it by train.py; for older checkpoints
+its index.csv split again with its seed and val_fraction): train, val, or unseen for rows the run never saw (test
+where the index says so). A subfolder is written whole (output_folder.py: a staging folder beside it, swapped in at the
+end, locked while a run lives) and sealed by info.json (latents_folder.py: the checkpoint, a sha256 of its
+weights, the extraction's id, every file), which the analysis checks. Exit codes: cli.py's table; a stop signal
+leaves the subfolder as it was (85, Ctrl-C 130).
 """
 
 import argparse
-import json
 import math
+import os
 import re
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +48,21 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from numpy.lib.format import open_memmap
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import cli
+import latents_folder
+from checkpoint import weights_digest
 from cli import CLIPS_DIR, LATENT_KEY, METADATA_CSV, PIXELS_KEY, TRAJECTORY_DIR, UNTRAINED_KEY, InputError
-from dataset_ivf import INHERITED_FIELDS, DataConfig, IVFSequenceDataset, add_data_args
+from dataset_ivf import INHERITED_FIELDS, DataConfig, IVFSequenceDataset, ShieldedLoader, add_data_args
 from frames_io import PHASES
-from index_csv import SPLITS
+from index_csv import split_of
 from model import ConvLSTMAutoencoder, config_from_checkpoint, load_model
+from output_folder import OutputFolder
+
+SUBFOLDERS = {"clips": CLIPS_DIR, "trajectory": TRAJECTORY_DIR}  # --mode -> the subfolder of --out it writes
+FRAME_STEP, CHUNK_LEN = 1, 64  # trajectory mode's defaults
+IDLE_FLAGS = {"clips": ("frame_step", "chunk_len", "no_controls"), "trajectory": ("seq_len", "sampling")}
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -155,23 +169,60 @@ def _metadata_row(fixed: dict, extra: dict) -> dict:
 
 
 def build_dataset(args: argparse.Namespace, checkpoint: dict, image_size: int) -> IVFSequenceDataset:
-    """The evaluation dataset: the training run's DataConfig with the flags given here on top. The run's
-    cache folder and annotations may be cluster paths: the cache is inherited only as on/off, the
-    annotations only when that folder exists here."""
+    """The evaluation dataset: the training run's DataConfig with the flags given here on top, each row labelled
+    with the split of the run that trained the checkpoint (label_splits). The run's cache folder and annotations
+    may be cluster paths: the cache is inherited only as on/off, the annotations only when that folder exists here."""
     config = DataConfig.from_checkpoint(checkpoint)
     given = {k: getattr(args, k) for k in INHERITED_FIELDS if getattr(args, k) is not None}
     given.setdefault("cache_dir", "off" if str(config.cache_dir).lower() in ("none", "off", "") else "auto")
     if "annotations_dir" not in given and not (config.annotations_dir and Path(config.annotations_dir).is_dir()):
         given["annotations_dir"] = None
-    return IVFSequenceDataset(args.index_csv, config, split=None if args.split == "all" else args.split,
-                              training=False, augment=False, skip_bad=args.skip_bad, image_size=image_size, **given)
+    dataset = IVFSequenceDataset(args.index_csv, config, split=None, training=False, augment=False,
+                                 skip_bad=args.skip_bad, image_size=image_size, **given)
+    label_splits(dataset, *run_split(checkpoint), args.split)
+    return dataset
 
 
-def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: Path, args,
+def run_split(checkpoint: dict) -> tuple[dict[str, str] | None, str]:
+    """Embryo id -> split of the run that trained the checkpoint, and where it comes from: the checkpoint (train.py
+    stores it), else the run's index.csv split again with the run's seed and val_fraction; None when neither is here."""
+    if isinstance(checkpoint.get("split"), dict):
+        return checkpoint["split"], "the checkpoint's run"
+    config, index = DataConfig.from_checkpoint(checkpoint), (checkpoint.get("args") or {}).get("index_csv")
+    if index and Path(index).is_file():
+        try:
+            return (split_of(Path(index), config.val_fraction, config.seed),
+                    f"{index} split with the run's seed {config.seed} and val_fraction {config.val_fraction}")
+        except InputError:
+            pass
+    return None, "unknown: the checkpoint predates stored splits and its index.csv cannot be read here"
+
+
+def label_splits(dataset: IVFSequenceDataset, split: dict[str, str] | None, source: str, wanted: str):
+    """Each row's split: the run's (train or val), else test where the index says so, else unseen ("unknown" for
+    every row when the run's split is); then only the rows of --split `wanted` ("all": every row)."""
+    for row in dataset.rows:
+        row.split = "unknown" if split is None else split.get(row.cell_id, "test" if row.split == "test" else "unseen")
+    dataset.split_source = source
+    if wanted != "all":
+        dataset.rows = [row for row in dataset.rows if row.split == wanted]
+        if not dataset.rows:
+            raise InputError(f"--split {wanted}: no row of {dataset.index_csv} is in that split of the run that "
+                             f"trained the checkpoint ({source}); use --split all")
+
+
+def allocated_npy(path: Path, shape: tuple) -> np.memmap:
+    """A float32 .npy of `shape` memory-mapped for writing, its blocks allocated at once: a full disk is an OSError
+    here (exit 74), not a SIGBUS when a page of it is written later."""
+    array = open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    with open(path, "r+b") as f:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return array
+
+
+def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, folder: Path, args,
                   amp_dtype: torch.dtype | None = None) -> dict:
-    """One evaluation clip per row -> pooled z_last / z_seq, probabilities and metadata in out/clips."""
-    folder = out / CLIPS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    """One evaluation clip per row -> pooled z_last / z_seq, probabilities and metadata in folder."""
     config = model.config
     n, t, c, hw = len(dataset), dataset.seq_len, config.encoder_hidden_dim, config.image_size // 8
     width = pooled_width(config, args.pool)
@@ -180,11 +231,10 @@ def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: 
         arrays["probs"] = (n, config.num_classes)
     if args.save_z_seq:
         arrays.update(z_last=(n, c, hw, hw), z_seq=(n, t, c, hw, hw))
-    files = {name: open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float32, shape=shape)
-             for name, shape in arrays.items()}
+    files = {name: allocated_npy(folder / f"{name}.npy", shape) for name, shape in arrays.items()}
     device = model_device(model)
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, pin_memory=device.type == "cuda",
-                        num_workers=cli.resolve_num_workers(args.num_workers, device.type))
+    loader = ShieldedLoader(dataset, batch_size=args.batch_size, shuffle=False, pin_memory=device.type == "cuda",
+                            num_workers=cli.resolve_num_workers(args.num_workers, device.type))
     rows, start, encode_s = [], 0, 0.0
     with torch.inference_mode():
         for batch in tqdm(loader, desc="clips", unit="batch", disable=None):
@@ -214,17 +264,17 @@ def extract_clips(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: 
             start += b
     for array in files.values():
         array.flush()
-    pd.DataFrame(rows).to_csv(folder / METADATA_CSV, index=False)
+    cli.write_bytes(folder / METADATA_CSV, pd.DataFrame(rows).to_csv(index=False).encode())
     return {"n_clips": n, "seq_len": t, "arrays": {k: list(v) for k, v in arrays.items()},
             "frames_encoded": n * t, "encode_s": encode_s}
 
 
-def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, out: Path, args,
-                         control: ConvLSTMAutoencoder | None = None, amp_dtype: torch.dtype | None = None) -> dict:
-    """Whole recordings, every frame_step-th frame, one .npz per embryo in out/trajectories (written as it goes).
-    --batch_size recordings are encoded side by side (encode_trajectories), under the run's autocast."""
-    folder = out / TRAJECTORY_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset, folder: Path, args,
+                         control: ConvLSTMAutoencoder | None = None, amp_dtype: torch.dtype | None = None,
+                         extraction_id: str = "") -> dict:
+    """Whole recordings, every frame_step-th frame, one .npz per embryo in folder (written as it goes, each holding
+    extraction_id). --batch_size recordings are encoded side by side (encode_trajectories), under the run's
+    autocast."""
     rows, seen, skipped, duplicates, group, encode_s = [], set(), [], 0, [], 0.0
     for i in tqdm(range(len(dataset)), desc="trajectories", unit="embryo", disable=None):
         cell_id = str(dataset.metadata(i)["cell_id"])
@@ -241,20 +291,23 @@ def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset
             tqdm.write(f"skipping {cell_id}: {error}", file=sys.stderr)
             skipped.append(cell_id)
         if len(group) == args.batch_size:
-            encode_s += _encode_and_write(model, control, group, dataset, folder, rows, args, amp_dtype)
+            encode_s += _encode_and_write(model, control, group, dataset, folder, rows, args, amp_dtype,
+                                          extraction_id)
             group = []
     if group:
-        encode_s += _encode_and_write(model, control, group, dataset, folder, rows, args, amp_dtype)
+        encode_s += _encode_and_write(model, control, group, dataset, folder, rows, args, amp_dtype,
+                                      extraction_id)
     if not rows:
         raise InputError(f"{args.index_csv}: no recording could be read (skipped {len(skipped)})")
-    pd.DataFrame(rows).to_csv(folder / METADATA_CSV, index=False)
+    cli.write_bytes(folder / METADATA_CSV, pd.DataFrame(rows).to_csv(index=False).encode())
     return {"n_embryos": len(rows), "skipped": skipped, "duplicate_rows": duplicates, "frame_step": args.frame_step,
             "chunk_len": args.chunk_len, "recordings_per_batch": args.batch_size,
             "frames_encoded": sum(row["n_frames"] for row in rows),
             "encode_s": encode_s}
 
 
-def _encode_and_write(model, control, group: list, dataset, folder: Path, rows: list, args, amp_dtype) -> float:
+def _encode_and_write(model, control, group: list, dataset, folder: Path, rows: list, args, amp_dtype,
+                      extraction_id: str) -> float:
     """Encode a group of loaded recordings [(row, positions, frames)] and write one .npz each; returns the
     seconds spent encoding."""
     tick = time.perf_counter()
@@ -275,7 +328,8 @@ def _encode_and_write(model, control, group: list, dataset, folder: Path, rows: 
             arrays[PIXELS_KEY] = pixel_features(frames)
         if full is not None:
             arrays["z_full"] = full.numpy()
-        np.savez(folder / name, **arrays)
+        arrays[latents_folder.EXTRACTION_KEY] = np.asarray(extraction_id)
+        cli.atomic_write(folder / name, lambda f, arrays=arrays: np.savez(f, **arrays))
         rows.append(_metadata_row({"file": name, "cell_id": str(meta["cell_id"]), "label": int(meta["label"]),
                                    "n_frames": len(positions), "total_frames": dataset.num_frames(i),
                                    "frame_step": args.frame_step}, meta))
@@ -284,12 +338,13 @@ def _encode_and_write(model, control, group: list, dataset, folder: Path, rows: 
 
 NPY_HEADER = 128  # bytes before the data of a .npy file, and of each array inside an .npz
 ZIP_ENTRY = 120  # bytes of zip headers (local and central directory) around each array of an .npz
-INFO_JSON = 1536  # info.json, about
+INFO_BYTES, FILE_ENTRY = 1536, 150  # info.json, about, and its entry for each file (name, size, sha256)
 
 
 def estimate_output_bytes(dataset: IVFSequenceDataset, config, args: argparse.Namespace) -> int:
     """Bytes that extraction will write for this dataset and these flags: float32 arrays, their headers,
-    metadata.csv and info.json. Known before anything is encoded (frame counts come from the dataset)."""
+    metadata.csv and info.json (latents_folder.seal). Known before anything is encoded (frame counts come from the
+    dataset)."""
     c, hw, width = config.encoder_hidden_dim, config.image_size // 8, pooled_width(config, args.pool)
     meta = sum(len(",".join(map(str, dataset.metadata(i).values()))) + 1 for i in range(len(dataset)))  # csv row
     if args.mode == "clips":
@@ -300,16 +355,17 @@ def estimate_output_bytes(dataset: IVFSequenceDataset, config, args: argparse.Na
         per_frame_text = len(str(max(dataset.num_frames(i) for i in range(n)))) + 1
         per_frame_text += 13 if dataset.has_annotations else 0  # hours (round 4) and phase, '|'-joined
         meta += n * (8 + t * per_frame_text)  # clip number, frame_indices[, hours, phase]
-        return 4 * n * floats + NPY_HEADER * n_arrays + meta + INFO_JSON
+        return 4 * n * floats + NPY_HEADER * n_arrays + meta + INFO_BYTES + FILE_ENTRY * (n_arrays + 1)
     recordings = {dataset.recording(i): dataset.num_frames(i) for i in range(len(dataset))}
     frames = sum(math.ceil(total / args.frame_step) for total in recordings.values())
     phase_bytes = 4 * (max(map(len, PHASES)) if dataset.has_annotations else 1)  # numpy unicode: 4 bytes a char
     per_frame = 4 * width + 8 + 4 + phase_bytes  # z, frame_indices (int64), hours, phase
     per_frame += 0 if args.no_controls else 4 * (width + PIXEL_SIDE ** 2)  # z_untrained, pixels
     per_frame += 4 * c * hw * hw if args.save_z_seq else 0  # z_full
-    n_arrays = 4 + 2 * (not args.no_controls) + args.save_z_seq
+    n_arrays = 5 + 2 * (not args.no_controls) + args.save_z_seq  # with the extraction id (32 characters)
     meta += 48 * len(recordings)  # file name, n_frames, total_frames, frame_step
-    return frames * per_frame + len(recordings) * n_arrays * (NPY_HEADER + ZIP_ENTRY) + meta + INFO_JSON
+    info = INFO_BYTES + FILE_ENTRY + FILE_ENTRY // 2 * len(recordings)  # a trajectory's entry has no sha256
+    return frames * per_frame + len(recordings) * (n_arrays * (NPY_HEADER + ZIP_ENTRY) + 4 * 32) + meta + info
 
 
 def _size(n_bytes: float) -> str:
@@ -320,13 +376,13 @@ def _size(n_bytes: float) -> str:
     return ""
 
 
-def check_free_space(n_bytes: int, out: Path, args: argparse.Namespace):
-    """Print the estimate; InputError (exit 2, nothing written) when it exceeds the free space where out goes."""
-    folder = out.absolute()
+def check_free_space(n_bytes: int, target: Path, args: argparse.Namespace):
+    """Print the estimate; InputError (exit 2, nothing written) when it exceeds the free space where target goes
+    (beside the previous output, which stays until the new one is whole)."""
+    folder = target.absolute()
     while not folder.exists():
         folder = folder.parent
     free = shutil.disk_usage(folder).free
-    target = out / (CLIPS_DIR if args.mode == "clips" else TRAJECTORY_DIR)
     print(f"extract_latents.py: about {_size(n_bytes)} to write into {target} ({_size(free)} free in {folder})",
           flush=True)
     if n_bytes > free:
@@ -340,14 +396,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=str, required=True,
                         help="checkpoint written by train.py (best.pt, last.pt, ...) (required; no default)")
     parser.add_argument("--out", type=str, required=True,
-                        help="output folder; clips/ or trajectories/ inside it is (over)written (required)")
+                        help="output folder; clips/ or trajectories/ inside it is replaced whole, once the new one "
+                             "is written (required)")
     parser.add_argument("--mode", type=str, default="clips", choices=["clips", "trajectory"],
                         help="clips: one evaluation clip per row; trajectory: whole recordings (default: clips)")
-    parser.add_argument("--frame_step", "--stride", type=int, default=1, dest="frame_step",
-                        help="trajectory mode: encode every K-th frame of each recording (--stride is the old name) "
-                             "(default: 1)")
-    parser.add_argument("--chunk_len", type=int, default=64,
-                        help="trajectory mode: frames per encoder call, state carried between calls (default: 64)")
+    parser.add_argument("--frame_step", "--stride", type=int, default=None, dest="frame_step",
+                        help="trajectory mode only: encode every K-th frame of each recording (--stride is the old "
+                             f"name) (default: {FRAME_STEP})")
+    parser.add_argument("--chunk_len", type=int, default=None,
+                        help="trajectory mode only: frames per encoder call, state carried between calls (default: "
+                             f"{CHUNK_LEN})")
     parser.add_argument("--save_z_seq", action="store_true",
                         help="also save unpooled latents (clips: z_last, z_seq; trajectory: z_full); large "
                              "(default: off)")
@@ -356,62 +414,78 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "mean_std (the means, then each channel's standard deviation over space) "
                              "(default: %(default)s)")
     parser.add_argument("--no_controls", action="store_true",
-                        help="trajectory mode: skip the controls written beside the latents (the same frames "
+                        help="trajectory mode only: skip the controls written beside the latents (the same frames "
                              "through an untrained model of the same config, and their raw pixels) (default: off)")
     parser.add_argument("--batch_size", type=int, default=16,
                         help="clips per batch (clips mode), or recordings encoded side by side, each with its own "
                              "state (trajectory mode) (default: 16)")
-    parser.add_argument("--split", type=str, default="all", choices=("all",) + SPLITS,
-                        help="rows to encode; train/val use the checkpoint's val_fraction and seed when the "
-                             "CSV has no split column (default: all)")
+    parser.add_argument("--split", type=str, default="all", choices=("all",) + latents_folder.ROW_SPLITS,
+                        help="rows to encode, by the split of the run that trained the checkpoint (unseen: rows it "
+                             "never saw; test: those of them the index marks test) (default: all)")
     cli.add_device_args(parser, amp=False)
     add_data_args(parser, from_checkpoint=True)
     return parser
 
 
 def check_args(args: argparse.Namespace) -> None:
+    """Flag ranges; a flag that does nothing in this --mode is refused; trajectory mode's defaults filled in."""
+    values = {flag: getattr(args, flag) for flag in IDLE_FLAGS[args.mode]}
+    idle = [flag for flag, value in values.items() if value is not None and value is not False]  # 0 is given
+    if idle:
+        raise InputError(f"--{idle[0]} does nothing in --mode {args.mode}; drop it")
+    if args.mode == "trajectory":
+        args.frame_step = FRAME_STEP if args.frame_step is None else args.frame_step
+        args.chunk_len = CHUNK_LEN if args.chunk_len is None else args.chunk_len
     cli.check_numbers(args, {"frame_step": 1, "chunk_len": 1, "batch_size": 1, "seq_len": 1})
 
 
-def main(args: argparse.Namespace) -> dict:
-    """Extract latents as asked; returns the info dict also written to info.json."""
+def main(args: argparse.Namespace, stop: cli.StopSignal | None = None) -> dict:
+    """Extract latents as asked into --out's subfolder of the mode, written whole (OutputFolder: a stop signal, `stop`,
+    or an error leaves it as it was); returns the info dict also written to info.json."""
     check_args(args)
+    subfolder = SUBFOLDERS[args.mode]
+    output = OutputFolder(Path(args.out) / subfolder, "--out", "extraction", latents_folder.PATTERNS[subfolder],
+                          stop).check()
     device = cli.resolve_device(args.device)
     model, checkpoint = load_model(args.checkpoint, map_location=device)
     amp_dtype = inference_amp(checkpoint, device)
     dataset = build_dataset(args, checkpoint, model.config.image_size)
-    out = Path(args.out)
-    check_free_space(estimate_output_bytes(dataset, model.config, args), out, args)
-    out.mkdir(parents=True, exist_ok=True)
-    tick = time.perf_counter()
-    if args.mode == "clips":
-        result = extract_clips(model, dataset, out, args, amp_dtype)
-    else:
-        control = None if args.no_controls else untrained_model(checkpoint, device)
-        result = extract_trajectories(model, dataset, out, args, control, amp_dtype)
-    seconds = time.perf_counter() - tick
-    info = {
-        "mode": args.mode, "checkpoint": str(Path(args.checkpoint).resolve()),
-        "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step"),
-        "model_config": checkpoint["model_config"], "index_csv": str(Path(args.index_csv).resolve()),
-        "dataset": {"seq_len": dataset.seq_len, "sampling": dataset.sampling, "normalize": dataset.normalize,
-                    "image_size": dataset.image_size, "split": args.split, "annotated": dataset.has_annotations},
-        "device": str(device), "amp": str(amp_dtype or "off").replace("torch.", ""), "pool": args.pool,
-        "seconds": seconds, **result,
-        "frames_per_s": result["frames_encoded"] / seconds if seconds > 0 else None,
-        "encode_frames_per_s": result["frames_encoded"] / result["encode_s"] if result["encode_s"] > 0 else None,
-    }
-    folder = out / (CLIPS_DIR if args.mode == "clips" else TRAJECTORY_DIR)
-    (folder / "info.json").write_text(json.dumps(info, indent=2))
+    check_free_space(estimate_output_bytes(dataset, model.config, args), output.target, args)
+    extraction_id, tick = uuid.uuid4().hex, time.perf_counter()
+    with output as folder:
+        if args.mode == "clips":
+            result = extract_clips(model, dataset, folder, args, amp_dtype)
+        else:
+            control = None if args.no_controls else untrained_model(checkpoint, device)
+            result = extract_trajectories(model, dataset, folder, args, control, amp_dtype, extraction_id)
+        seconds = time.perf_counter() - tick
+        info = latents_folder.seal(folder, {
+            latents_folder.EXTRACTION_KEY: extraction_id, "mode": args.mode,
+            "checkpoint": str(Path(args.checkpoint).resolve()),
+            "weights_sha256": weights_digest(checkpoint["model_state_dict"]),
+            "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step"),
+            "model_config": checkpoint["model_config"], "index_csv": str(Path(args.index_csv).resolve()),
+            "dataset": {"seq_len": dataset.seq_len, "sampling": dataset.sampling, "normalize": dataset.normalize,
+                        "image_size": dataset.image_size, "split": args.split, "annotated": dataset.has_annotations,
+                        "split_of_rows": dataset.split_source},
+            "device": str(device), "amp": str(amp_dtype or "off").replace("torch.", ""), "pool": args.pool,
+            "seconds": seconds, **result,
+            "skipped": [row.cell_id for row in dataset.skipped] + result.get("skipped", []),
+            "frames_per_s": result["frames_encoded"] / seconds if seconds > 0 else None,
+            "encode_frames_per_s": result["frames_encoded"] / result["encode_s"] if result["encode_s"] > 0 else None,
+        })
+        output.commit()
     return info
 
 
 def run(args: argparse.Namespace) -> int:
-    """main(), then one line saying what was written."""
-    summary = main(args)
+    """main() for the command line, a stop signal ending it at once (nothing to keep); then one line saying what was
+    written."""
+    target = Path(args.out) / SUBFOLDERS[args.mode]
+    with cli.stop_signals(cli.StopSignal(f"extraction stopped, nothing of it kept; {target} is as it was")) as stop:
+        summary = main(args, stop)
     print(f"{summary['frames_encoded']} frames in {summary['seconds']:.1f} s "
-          f"({summary['frames_per_s']:.1f} frames/s, encoder alone {summary['encode_frames_per_s']:.1f}) -> "
-          f"{Path(args.out) / (CLIPS_DIR if args.mode == 'clips' else TRAJECTORY_DIR)}")
+          f"({summary['frames_per_s']:.1f} frames/s, encoder alone {summary['encode_frames_per_s']:.1f}) -> {target}")
     return cli.EXIT_OK
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cli import EXIT_STOPPED, InputError, Stopped, StopSignal
+from cli import InputError, Stopped, StopSignal, stop_exit_code
 from frames_io import BadFile, FrameStore, Recording, natural_key, patient_of, recording_kind, run_numbers
 
 log = logging.getLogger(__name__)
@@ -175,8 +175,9 @@ def check_sources(rows: list, sources: dict, store: FrameStore, skip_bad: bool, 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for key, src in tqdm(sources.items(), desc=desc, unit="source", leave=False, disable=None):
             if stop is not None and stop.received:
-                raise Stopped(f"{stop.received} while the sources of {index_csv} were checked: nothing "
-                              f"to save yet (the frame cache keeps what was decoded); exit {EXIT_STOPPED}")
+                raise Stopped(f"{stop.received} while the sources of {index_csv} were checked: nothing to save yet "
+                              f"(the frame cache keeps what was decoded); exit {stop_exit_code(stop.received)}",
+                              stop.received)
             try:
                 store.prepare(src, pool)
             except BadFile as e:
@@ -254,3 +255,12 @@ def _read_times(path):
         return {int(k): float(v) for k, v in zip(df["frame_index"], df["time"], strict=True)}
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise InputError(f"{path}: expected columns 'frame_index,time' (RUN number, hours) ({e})") from None
+
+
+def split_of(index_csv: Path, val_fraction: float, seed: int) -> dict[str, str]:
+    """Embryo id -> train/val as a training run on index_csv with this seed and fraction split it (assign_splits);
+    an id on both sides counts as train, test rows are left out."""
+    rows, columns, _ = read_index(index_csv)
+    assign_splits(rows, columns, index_csv, val_fraction, seed)
+    split = {r.cell_id: "val" for r in rows if r.split == "val"}
+    return {**split, **{r.cell_id: "train" for r in rows if r.split == "train"}}

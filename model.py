@@ -59,6 +59,8 @@ class ModelConfig:
             raise InputError(f"--init_state must be one of {INIT_STATES}, got {self.init_state!r}")
         if self.kernel_size % 2 == 0:
             raise InputError(f"kernel_size must be odd, got {self.kernel_size}")
+        if self.use_classifier and self.num_classes < 2:
+            raise InputError(f"--num_classes must be at least 2 for the classifier, got {self.num_classes}")
 
 
 def _conv_stage(in_ch: int, out_ch: int) -> nn.Sequential:

@@ -4,7 +4,8 @@
     torchrun --standalone --nproc_per_node 4 train.py --index_csv data/index.csv
 
 Running the same command again continues from save_dir/last.pt (checkpoint.RESUME_FLAGS: what a rerun may
-change). Exit codes: cli.py's table (DESIGN.md); a stop signal saves last.pt first, at any point (85). On the CPU
+change). Exit codes: cli.py's table (DESIGN.md); a stop signal saves last.pt first, at any point (85; Ctrl-C 130, a
+second Ctrl-C ends at once), and loader workers are out of reach of signals to the process group. On the CPU
 with a fixed seed, a run killed at any point and resumed ends with the same weights, bit for bit, as an
 uninterrupted run; on CUDA, cuDNN algorithm choice makes runs close, not equal.
 """
@@ -14,7 +15,6 @@ import contextlib
 import math
 import os
 import random
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -129,12 +129,13 @@ def check_args(args, writes: bool = True):
     """Flag values that argparse cannot check (train.py, and verify_data_connection.py with writes=False: it writes
     no checkpoint or log); raises cli.InputError."""
     weights = ("weight_decay", "grad_clip", *cli.LOSS_WEIGHT_FLAGS)
-    positive = ("learning_rate", "contrast_temperature")
-    cli.check_numbers(args, positive=positive, finite=("val_fraction", "warmup_epochs", "mask_ratio", *positive,
-                                                       *weights), at_least={
+    above = ("learning_rate", "contrast_temperature")
+    cli.check_numbers(args, above=above, finite=("val_fraction", "warmup_epochs", "mask_ratio", *above, *weights),
+                      at_least={
         **dict.fromkeys(("batch_size", "num_epochs", "save_every", "log_every", "seq_len"), 1),
         **dict.fromkeys(("warmup_epochs", "keep_checkpoints", *weights), 0)})
     cli.check_seed(args.seed)
+    cli.check_loss_weights(args)
     if not 0 <= args.mask_ratio < 1:
         raise cli.InputError(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}")
     if (args.predict_next or args.time_gap_weight > 0) and args.seq_len < 2:  # a head would get no gradient
@@ -142,9 +143,11 @@ def check_args(args, writes: bool = True):
                              f"more, got {args.seq_len}")
     if args.phase_weight > 0 and not args.annotations_dir:
         raise cli.InputError("--phase_weight trains on the annotated phases: pass --annotations_dir")
-    if writes:
-        cli.check_writable("--save_dir", args.save_dir)
-        cli.check_writable("--log_dir", args.log_dir)
+    if args.warmup_epochs > args.num_epochs:
+        raise cli.InputError(f"--warmup_epochs {args.warmup_epochs} is longer than the run (--num_epochs "
+                             f"{args.num_epochs}): the learning rate would never reach its peak; lower it")
+    for flag in ("save_dir", "log_dir") if writes else ():
+        cli.check_writable(f"--{flag}", getattr(args, flag))
 
 
 def prepare(args, run: "Run", writes: bool = True) -> tuple[model_lib.ModelConfig, dataset_ivf.DataConfig]:
@@ -301,6 +304,7 @@ def save(t: Trainer, paths: list[Path], epoch: int, losses: dict, progress: Epoc
             "scheduler_state_dict": t.scheduler.state_dict(), "scaler_state_dict": t.scaler.state_dict(),
             "epoch": epoch, "global_step": t.scheduler.last_epoch, "best_val_loss": t.best, "losses": losses,
             "model_config": asdict(t.config), "data_config": t.data_config.to_dict(), "args": vars(run.args),
+            "split": dataset_ivf.run_split(t.train_ds, t.val_ds),  # what extraction labels each row with
             "rng_state": states,
             "partial_epoch": None if progress is None else
             {**vars(progress), "sums": dict(zip(LOSS_KEYS, progress.sums.tolist(), strict=True))},
@@ -350,14 +354,11 @@ def end_of_epoch(t: Trainer, epoch: int, progress: EpochProgress) -> dict | None
 
 
 def save_stopped(t: Trainer, epoch: int, progress: EpochProgress) -> int:
-    """After a stop signal inside epoch `epoch` (training or validation): last.pt with the position; exit 85."""
+    """After a stop signal inside epoch `epoch` (training or validation): last.pt with the position; exit 85 (130)."""
     run, save_dir = t.run, Path(t.run.args.save_dir)
     means = dict(zip(LOSS_KEYS, (progress.sums / max(progress.step, 1)).tolist(), strict=True))
     save(t, [save_dir / "last.pt"], epoch - 1, means, progress)
-    if run.is_main:
-        print(f"{run.stop.received}: saved {save_dir / 'last.pt'} at epoch {epoch}, step {progress.step}; "
-              f"exit {cli.EXIT_STOPPED}", flush=True)
-    return cli.EXIT_STOPPED
+    return run.stop.end(f"saved {save_dir / 'last.pt'} at epoch {epoch}, step {progress.step}", run.is_main)
 
 
 def fit(t: Trainer) -> int:
@@ -373,10 +374,7 @@ def fit(t: Trainer) -> int:
         if train_one_epoch(t, epoch, progress) or end_of_epoch(t, epoch, progress) is None:
             return save_stopped(t, epoch, progress)
         if run.stop_requested() and epoch < args.num_epochs:
-            if run.is_main:
-                print(f"{run.stop.received}: saved {save_dir / 'last.pt'} after epoch {epoch}; "
-                      f"exit {cli.EXIT_STOPPED}", flush=True)
-            return cli.EXIT_STOPPED
+            return run.stop.end(f"saved {save_dir / 'last.pt'} after epoch {epoch}", run.is_main)
     same = ckpt.replicas_identical(t.raw_model.state_dict(), run.world_size, run.is_main)  # DDP: checked once
     return cli.EXIT_OK if same else 1
 
@@ -415,10 +413,8 @@ def train_locked(args, run: Run, config, data_config, datasets, checkpoint, path
     if checkpoint is not None:
         resume(t, checkpoint, path, notes)
     if run.stop_requested():
-        if run.is_main:
-            print(f"{run.stop.received} during setup: nothing trained yet, " + (f"{path} is unchanged" if checkpoint
-                  else "nothing to save") + f"; exit {cli.EXIT_STOPPED}", flush=True)
-        return cli.EXIT_STOPPED
+        return run.stop.end("nothing trained yet (it came during setup), " + (
+            f"{path} is unchanged" if checkpoint else "nothing to save"), run.is_main)
     # last.pt comes before any other file of a run (checkpoint.check_save_dir relies on it)
     if checkpoint is None:
         save(t, [last], 0, {})
@@ -436,22 +432,22 @@ def train_locked(args, run: Run, config, data_config, datasets, checkpoint, path
 
 
 def main(args) -> int:
-    stop = cli.StopSignal()
-    previous_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGUSR1)}
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     try:
-        run = Run(args, cli.resolve_device(args.device), None, rank, world_size,
-                  int(os.environ.get("LOCAL_RANK", 0)), stop)
-        return train(args, run)
+        with cli.stop_signals(cli.StopSignal()) as stop:
+            run = Run(args, cli.resolve_device(args.device), None, rank, world_size,
+                      int(os.environ.get("LOCAL_RANK", 0)), stop)
+            return train(args, run)
     except cli.Stopped as stopped:  # a stop signal, not an error
         print(stopped, flush=True)
         return stopped.exit_code
     except cli.ScriptError as err:
         print(f"train.py: error: {err}", file=sys.stderr, flush=True)
         return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C after a stop signal: at once, files on disk as last saved
+        print(f"train.py: SIGINT again: stopped at once; exit {cli.EXIT_INTERRUPTED}", file=sys.stderr, flush=True)
+        return cli.EXIT_INTERRUPTED
     finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -3,16 +3,16 @@
 The flags are train.py's, checked by the same function (train.prepare), and the step goes the same way (a batch
 dict through model.forward_loss with the loss the flags give, under the same autocast). Without --index_csv a
 small synthetic set is written to a temporary folder first. Exit 0 when every step worked, 2 on bad input (one
-line), 1 when a step fails.
+line), 1 when a step fails, 85 (Ctrl-C 130) when a stop signal ends it (it writes nothing to keep).
 """
 import sys
 import tempfile
 
 import torch
-from torch.utils.data import DataLoader
 
 import cli
 import train
+from dataset_ivf import ShieldedLoader
 from losses import AutoencoderLoss
 from make_synthetic_data import make_synthetic_dataset
 from model import ConvLSTMAutoencoder, forward_loss, to_device
@@ -30,8 +30,8 @@ def run_check(args, run: train.Run, config, data_config):
     """Run every step once, printing shapes and losses; raises on failure."""
     dataset, _ = train.load_datasets(args, data_config)
     print(f"dataset: {len(dataset.rows)} training rows, {len(dataset)} training clips an epoch, from {args.index_csv}")
-    loader = DataLoader(dataset, batch_size=min(args.batch_size, len(dataset)), shuffle=True,
-                        num_workers=cli.resolve_num_workers(args.num_workers, run.device.type))
+    loader = ShieldedLoader(dataset, batch_size=min(args.batch_size, len(dataset)), shuffle=True,
+                            num_workers=cli.resolve_num_workers(args.num_workers, run.device.type))
     batch = next(iter(loader))
     video, labels = batch["video"], batch["label"]  # (B, T, 1, H, W), (B,)
     print(f"batch: video {tuple(video.shape)} {video.dtype} range [{video.min():.3f}, {video.max():.3f}], "
@@ -70,24 +70,28 @@ def run_check(args, run: train.Run, config, data_config):
         raise RuntimeError("the optimiser step changed no parameter")
 
 
-def main(args):
-    try:
-        run = train.Run(args, cli.resolve_device(args.device), None, 0, 1, 0, cli.StopSignal())
+def verify(args) -> int:
+    """train.py's checks (train.prepare), then every step once; 1 when a step fails."""
+    with cli.stop_signals(cli.StopSignal("the check stopped; it keeps nothing")) as stop:
+        run = train.Run(args, cli.resolve_device(args.device), None, 0, 1, 0, stop)
         config, data_config = train.prepare(args, run, writes=False)
         with tempfile.TemporaryDirectory(prefix="ivf_verify_") as tmp:
             if args.index_csv is None:
                 args.index_csv = make_synthetic_dataset(tmp, n_embryos=4, n_frames=max(args.seq_len, 12),
                                                         size=max(64, args.image_size), seed=args.seed)
                 print(f"no --index_csv: wrote a synthetic set to {args.index_csv}")
-            run_check(args, run, config, data_config)
-    except cli.ScriptError as e:
-        print(f"verify_data_connection.py: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except RuntimeError as e:
-        print(f"failed: {e}", file=sys.stderr)
-        return 1
+            try:
+                run_check(args, run, config, data_config)
+            except RuntimeError as e:
+                print(f"failed: {e}", file=sys.stderr)
+                return 1
     print("OK: data, model, loss, backward and optimiser step all worked")
     return 0
+
+
+def main(args) -> int:
+    """verify() with cli.py's exit-code table: bad input one line and 2, a stop 85 or 130."""
+    return cli.run_main("verify_data_connection.py", verify, args)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from sklearn.decomposition import PCA
 import analyze_latents as al
 import latent_geometry as geometry
 import latent_probes as probes
+import latents_folder
 from cli import PIXELS_KEY, UNTRAINED_KEY, InputError, run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,6 +282,19 @@ def test_tphate_embedding_of_a_spiral():
     assert method == "constant" and np.all(still == 0)
 
 
+def _seal(root: Path) -> Path:
+    """Seal a hand-made latents folder as extract_latents.py does: the extraction id in every trajectory, info.json."""
+    for name in ("trajectories", "clips"):
+        if (root / name).is_dir():
+            for path in (root / name).glob("*.npz"):
+                with np.load(path) as data:
+                    arrays = dict(data)
+                np.savez(path, **{**arrays, "extraction_id": np.asarray("handmade")})
+            latents_folder.seal(root / name, {"extraction_id": "handmade", "checkpoint": "handmade.pt", "epoch": 1,
+                                              "weights_sha256": "0" * 64})
+    return root
+
+
 def _write_latents(root, n_embryos=8, n_frames=30, channels=6, with_probs=True):
     """A latents folder in extract_latents.py's layout: drifting trajectories, embryo 0 moving 20x faster."""
     rng = np.random.default_rng(3)
@@ -298,7 +312,7 @@ def _write_latents(root, n_embryos=8, n_frames=30, channels=6, with_probs=True):
         name = f"{e:05d}_P{e // 2}-{e % 2 + 1}"
         np.savez(traj_dir / f"{name}.npz", z=z.astype(np.float32), frame_indices=np.arange(n_frames),
                  hours=np.arange(n_frames, dtype=np.float32) * 0.5,
-                 phase=phases if label else np.full(n_frames, ""))
+                 phase=phases[:n_frames] if label else np.full(n_frames, ""))
         rows.append({"file": f"{name}.npz", "cell_id": f"P{e // 2}-{e % 2 + 1}", "label": label,
                      "n_frames": n_frames, "patient_id": f"P{e // 2}"})
         clip = z[::6][:4]
@@ -317,6 +331,7 @@ def _write_latents(root, n_embryos=8, n_frames=30, channels=6, with_probs=True):
         p1 = np.where(labels == 1, 0.9, 0.2)
         p1[1] = 0.1  # one embryo misclassified
         np.save(clip_dir / "probs.npy", np.c_[1 - p1, p1].astype(np.float32))
+    _seal(root)
 
 
 def test_cli_on_handmade_latents_writes_every_output(tmp_path):
@@ -373,6 +388,7 @@ def test_split_analyses_only_the_held_out_wells(tmp_path):
     meta = pd.read_csv(tmp_path / "latents" / "trajectories" / "metadata.csv")
     meta["split"] = ["train"] * 5 + ["val"] * 3
     meta.to_csv(tmp_path / "latents" / "trajectories" / "metadata.csv", index=False)
+    _seal(tmp_path / "latents")
     args = al.get_args_parser().parse_args(["--latents", str(tmp_path / "latents"), "--out", str(tmp_path / "a"),
                                             "--split", "val", "--cv_folds", "2", "--max_embryo_plots", "0"])
     summary = al.main(args)
@@ -414,6 +430,9 @@ def test_missing_latents_folder_is_a_clear_error(tmp_path):
         al.main(args)
     (tmp_path / "nothing" / "trajectories").mkdir(parents=True)
     (tmp_path / "nothing" / "trajectories" / "metadata.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match="info.json is missing: .* is incomplete or from an older extract_latents"):
+        al.main(args)
+    _seal(tmp_path / "nothing")
     with pytest.raises(InputError, match=r"missing columns \['file', 'cell_id', 'label'\]"):
         al.main(args)
 
@@ -440,7 +459,7 @@ def _write_probe_latents(root, controls=True, n_embryos=6, n_frames=30, channels
         np.savez(folder / f"{e:05d}_E{e}.npz", **arrays)
         rows.append({"file": f"{e:05d}_E{e}.npz", "cell_id": f"E{e}", "label": 1})
     pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
-    return root
+    return _seal(root)
 
 
 def _analyse(tmp_path, latents, *flags):
@@ -509,5 +528,6 @@ def test_control_rows_must_match_the_latents(tmp_path):
     with np.load(path) as data:
         arrays = dict(data)
     np.savez(path, **{**arrays, PIXELS_KEY: arrays[PIXELS_KEY][:-1]})
-    with pytest.raises(InputError, match=r"00003_E3.npz: pixels has shape \(29, 64\), expected 30 rows"):
+    _seal(latents)
+    with pytest.raises(InputError, match=r"00003_E3.npz: pixels has shape \(29, 64\), expected \(30, n\)"):
         _analyse(tmp_path, latents)

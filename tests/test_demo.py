@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 import demo_report
@@ -77,3 +78,51 @@ def test_report_without_outputs_says_to_run_the_demo(tmp_path, capsys):
     assert run_main("demo_report.py", demo_report.main,
                     demo_report.get_args_parser().parse_args(["--demo_dir", str(tmp_path)])) == 2
     assert "run `make demo` first" in capsys.readouterr().err
+
+
+SUMMARY = {"figures": [], "probes": {},
+           "classification": {"roc_auc": None, "source": "model classifier probabilities (clips/probs.npy)"}}
+LOG = [{"epoch": 1, "val_total": 0.8, "val_ms_ssim": 0.6}]
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no folder", "is not a folder; run `make demo` first"),
+    ("a file", "is not a folder; run `make demo` first"),
+    ("no log", "training_log.json is missing; run `make demo` first"),
+    ("empty log", "training_log.json holds no epoch; run train.py again"),
+    ("truncated summary", "summary.json cannot be read (JSONDecodeError); run analyze_latents.py again"),
+    ("summary without probes", "lacks what the report reads (KeyError: 'probes')"),
+    ("log of other things", "training_log.json is not a list of epochs"),
+])
+def test_partial_demo_outputs_are_one_line_naming_what_is_missing(case, message, tmp_path, capsys):
+    demo = tmp_path / "demo"
+    if case == "a file":
+        demo.write_text("not a folder")
+    elif case != "no folder":
+        (demo / "logs").mkdir(parents=True)
+        (demo / "analysis").mkdir()
+        log = {"no log": None, "empty log": [], "log of other things": [1, 2]}.get(case, LOG)
+        if log is not None:
+            (demo / "logs" / "training_log.json").write_text(json.dumps(log))
+        summary = {k: v for k, v in SUMMARY.items() if case != "summary without probes" or k != "probes"}
+        text = json.dumps(summary)
+        (demo / "analysis" / "summary.json").write_text(text[:20] if case == "truncated summary" else text)
+    code = run_main("demo_report.py", demo_report.main, demo_report.get_args_parser().parse_args(["--demo_dir",
+                                                                                                  str(demo)]))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_report_of_a_run_without_validation_and_a_single_class(tmp_path, capsys):
+    """--val_fraction 0 logs no validation loss; one class among the wells has no ROC AUC."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "analysis").mkdir()
+    log = [{"epoch": e, "total": t, "ms_ssim": m, "val_total": None, "val_ms_ssim": None}
+           for e, t, m in ((1, 0.8, 0.6), (2, 0.3, 0.2))]
+    (tmp_path / "logs" / "training_log.json").write_text(json.dumps(log))
+    (tmp_path / "analysis" / "summary.json").write_text(json.dumps(SUMMARY))
+    assert demo_report.main(demo_report.get_args_parser().parse_args(["--demo_dir", str(tmp_path)])) == 0
+    out = capsys.readouterr().out
+    assert "training MS-SSIM     epoch 1: 0.400   epoch 2: 0.800   (training (no validation split) loss 0.800 -> " \
+           "0.300, best at epoch 2)" in out
+    assert "ROC AUC undefined (one class among the labelled wells) on all wells" in out

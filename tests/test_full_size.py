@@ -52,6 +52,8 @@ def test_an_epoch_draws_k_distinct_clips_from_every_recording(wells, sampling):
             assert len(clips) == K and len(set(clips)) == K, (cell, clips)
             if sampling == "window":
                 assert all(np.array_equal(c, np.arange(c[0], c[0] + T)) for c in clips)
+            elif sampling == "span":  # a stretch of random length and place each, its frames in order
+                assert all(np.all(np.diff(c) > 0) for c in clips) and len({c[-1] - c[0] for c in clips}) > 1, clips
             else:  # stratified: each of the T segments gives the K clips K different frames
                 assert all(len({c[j] for c in clips}) == K for j in range(T)), clips
                 assert all(np.all(np.diff(c) > 0) for c in clips)
@@ -104,7 +106,7 @@ def test_validation_extraction_and_clip_rows_keep_one_clip_per_row(wells, tmp_pa
     clip_rows = IVFSequenceDataset(wells.parent / "clip_rows.csv", seq_len=T, image_size=16, training=True,
                                    clips_per_recording=K)
     assert clip_rows.clips_per_row == 1 and len(clip_rows) == 3
-    with pytest.raises(InputError, match="--clips_per_recording must be >= 1"):
+    with pytest.raises(InputError, match=r"--clips_per_recording must be in \[1, 1000\], got 0"):
         DataConfig(clips_per_recording=0)
 
 
@@ -162,6 +164,7 @@ def extract_args(checkpoint, wells, out, *extra):
 def test_size_estimate_matches_the_bytes_written(checkpoint, wells, tmp_path, capsys, flags):
     args = extract_args(checkpoint, wells, tmp_path / "latents", *flags)
     model, ckpt = extract_latents.load_model(str(checkpoint))
+    extract_latents.check_args(args)  # trajectory mode's defaults
     estimate = extract_latents.estimate_output_bytes(extract_latents.build_dataset(args, ckpt, 32), model.config,
                                                      args)
     extract_latents.main(args)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import analyze_latents
 import extract_latents
+import latents_folder
 from cli import InputError, run_main
 from dataset_ivf import IVFSequenceDataset
 from make_synthetic_data import make_synthetic_dataset
@@ -169,7 +170,7 @@ def test_analysis_on_extracted_latents(latents, tmp_path):
 
 def test_file_names_match_the_analysis_reader():
     for name in ("TRAJECTORY_DIR", "CLIPS_DIR", "METADATA_CSV"):
-        assert getattr(extract_latents, name) == getattr(analyze_latents, name)
+        assert getattr(extract_latents, name) == getattr(latents_folder, name)
 
 
 def test_cli_bad_checkpoint_exits_2_with_one_line(tmp_path, wells):
@@ -204,7 +205,7 @@ def test_missing_checkpoint_and_bad_flags_are_clear_errors(tmp_path, wells):
     with pytest.raises(InputError, match="checkpoint not found"):
         _run(["--checkpoint", str(tmp_path / "missing.pt"), *common])
     with pytest.raises(InputError, match="--frame_step must be at least 1"):
-        _run(["--checkpoint", str(tmp_path / "missing.pt"), "--stride", "0", *common])  # the old name still works
+        _run(["--checkpoint", str(tmp_path / "missing.pt"), "--mode", "trajectory", "--stride", "0", *common])
 
 
 def test_trajectories_carry_the_controls(latents, checkpoint, wells, tmp_path):
@@ -228,7 +229,7 @@ def test_trajectories_carry_the_controls(latents, checkpoint, wells, tmp_path):
     _run(["--checkpoint", str(checkpoint), "--index_csv", str(wells), "--out", str(tmp_path), "--device", "cpu",
           "--mode", "trajectory", "--no_controls"])
     with np.load(next((tmp_path / "trajectories").glob("*.npz"))) as data:
-        assert set(data.files) == {"z", "frame_indices", "hours", "phase"}
+        assert set(data.files) == {"z", "frame_indices", "hours", "phase", "extraction_id"}
 
 
 def test_mean_std_pooling_keeps_the_spread_in_both_modes(latents, checkpoint, wells, tmp_path):

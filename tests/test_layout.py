@@ -18,7 +18,7 @@ MODULES = sorted(p.stem for p in REPO.glob("*.py"))
 SCRIPTS = ["train", "verify_data_connection", "bench", "extract_latents", "build_index", "make_synthetic_data",
            "analyze_latents", "demo_report", "gpu_check"]
 TORCH_FREE = ["cli", "frames_io", "index_csv", "build_index", "make_synthetic_data", "analyze_latents",
-              "latent_figures", "latent_geometry", "latent_probes", "demo_report"]
+              "latent_figures", "latent_geometry", "latent_probes", "demo_report", "latents_folder", "output_folder"]
 NO_MODEL_CODE = ["losses", "frames_io", "index_csv", "checkpoint", "cli"]
 # Flags that several scripts declare on purpose with another default or meaning, and why.
 PER_SCRIPT = {

@@ -157,11 +157,12 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, index_csv, tmp
             "batch_size": "--batch_size", "label_out_of_range": "label 2 is not below --num_classes 2",
             "predict_one_frame": "--predict_next and --time_gap_weight read two frames of a clip",
             "time_gap_one_frame": "need --seq_len 2 or more, got 1", "phase_without_annotations": "--annotations_dir",
-            "temperature": "--contrast_temperature must be > 0"}[case] in line
+            "temperature": "--contrast_temperature must be above 0"}[case] in line
     assert snapshot(tmp_path) == before and not (tmp_path / "logs").exists()
 
 
-@pytest.mark.parametrize("flags", [["--amp", "fp8"], ["--batch_size", "two"], ["--device", "tpu"]])
+@pytest.mark.parametrize("flags", [["--amp", "fp8"], ["--batch_size", "two"], ["--device", "tpu"],
+                                   ["--num_workers", "-1"]])
 def test_bad_flag_value_is_one_line_exit_2(flags, capsys):
     with pytest.raises(SystemExit) as exc:
         train.get_args_parser().parse_args(flags)

@@ -199,6 +199,33 @@ def test_bad_numbers_exit_2_naming_the_flag_and_write_nothing(flag, value, index
     assert snapshot(tmp_path) == before and not (tmp_path / "ckpt").exists() and not (tmp_path / "logs").exists()
 
 
+# issue 22: flags that do nothing, or that the run cannot use, are refused before anything is written
+@pytest.mark.parametrize("flags,message", [
+    (("--predict_weight", "1"), "--predict_weight weights a loss part that only --predict_next turns on"),
+    (("--cls_weight", "2"), "--cls_weight weights a loss part that only --use_classifier turns on"),
+    (("--warmup_epochs", "5", "--num_epochs", "3"), "--warmup_epochs 5.0 is longer than the run (--num_epochs 3)"),
+    (("--clips_per_recording", "1000000000"), "--clips_per_recording must be in [1, 1000], got 1000000000"),
+    (("--use_classifier", "--num_classes", "1"), "--num_classes must be at least 2 for the classifier, got 1"),
+    (("--resume_from", "{tmp_path}"), "--resume_from {tmp_path} is a folder; pass a checkpoint in it, such as"),
+])
+def test_flags_that_do_nothing_or_cannot_run_exit_2_and_write_nothing(flags, message, index_csv, tmp_path, capsys):
+    before = snapshot(tmp_path)
+    assert train.main(parse(index_csv, tmp_path, *(f.format(tmp_path=tmp_path) for f in flags))) == 2
+    assert message.format(tmp_path=tmp_path) in one_error_line(capsys)
+    assert snapshot(tmp_path) == before and not (tmp_path / "ckpt").exists() and not (tmp_path / "logs").exists()
+
+
+def test_clips_per_recording_on_clip_rows_is_refused(index_csv, tmp_path, capsys):
+    """Clip rows give one clip each: --clips_per_recording would be ignored."""
+    frames = sorted(str(p) for p in (index_csv.parent / pd.read_csv(index_csv)["path"][0]).iterdir())
+    pd.DataFrame([{"cell_id": "AA1-1", "start_idx": s, "paths": "|".join(frames[s:s + 4])} for s in (0, 2, 4)]
+                 ).to_csv(tmp_path / "clip_rows.csv", index=False)
+    args = parse(tmp_path / "clip_rows.csv", tmp_path, "--clips_per_recording", "3", "--val_fraction", "0")
+    assert train.main(args) == 2
+    assert "--clips_per_recording draws clips from video rows, but" in one_error_line(capsys)
+    assert not (tmp_path / "ckpt").exists()
+
+
 # 5. disk full
 def fsync_fails_under(folder: Path):
     real = os.fsync
@@ -349,3 +376,29 @@ def test_keep_checkpoints_deletes_only_after_the_new_one_is_written(keep, kept, 
     assert sorted(int(p.stem.rsplit("_", 1)[1]) for p in (tmp_path / "ckpt").glob("checkpoint_epoch_*.pt")) == kept
     if keep:
         assert seen[-1] == ["checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt", "checkpoint_epoch_3.pt"][-keep - 1:]
+
+
+# issue 22: Ctrl-C saves like SIGTERM (exit 130); a second one ends at once
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_saves_like_sigterm_and_a_second_one_ends_at_once(presses, index_csv, tmp_path, capsys, monkeypatch):
+    class CtrlCInFirstStep(AutoencoderLoss):
+        sent = False
+
+        def forward(self, output, batch):
+            if torch.is_grad_enabled() and not CtrlCInFirstStep.sent:
+                CtrlCInFirstStep.sent = True
+                for _ in range(presses):
+                    signal.raise_signal(signal.SIGINT)
+            return super().forward(output, batch)
+
+    monkeypatch.setattr(train, "AutoencoderLoss", CtrlCInFirstStep)
+    handler = signal.getsignal(signal.SIGINT)
+    assert train.main(parse(index_csv, tmp_path, "--num_epochs", "1")) == 130
+    assert signal.getsignal(signal.SIGINT) is handler  # the caller's handler is back
+    last = load(tmp_path / "ckpt" / "last.pt")
+    if presses == 1:  # the step finishes, last.pt keeps the position
+        assert f"SIGINT: saved {tmp_path / 'ckpt' / 'last.pt'} at epoch 1, step 1; exit 130" in capsys.readouterr().out
+        assert last["partial_epoch"]["step"] == 1
+    else:  # at once: the files on disk are those written before (the initial last.pt)
+        assert one_error_line(capsys) == "train.py: SIGINT again: stopped at once; exit 130"
+        assert last["epoch"] == 0 and last["partial_epoch"] is None and last["global_step"] == 0

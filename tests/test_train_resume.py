@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import cv2
+import pandas as pd
 import pytest
 import torch
 
@@ -90,6 +91,8 @@ def test_outputs_have_the_promised_names_and_keys(reference):
     assert last["epoch"] == 3 and last["global_step"] == 9  # 6 train clips / batch 2 = 3 steps an epoch
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in last["model_state_dict"])
     assert last["model_config"]["encoder_hidden_dim"] == 8 and last["args"]["seq_len"] == 4
+    split = pd.read_csv(logs / "split.csv")  # the run's split, also in the checkpoint for extraction (issue 22)
+    assert last["split"] == dict(zip(split["cell_id"], split["split"], strict=True))
     assert load(ckpt / "checkpoint_epoch_2.pt")["epoch"] == 2
     log = json.loads((logs / "training_log.json").read_text())
     assert [e["epoch"] for e in log] == [1, 2, 3]
@@ -139,18 +142,53 @@ def test_sigterm_mid_epoch_saves_last_pt_exits_85_and_rerun_continues(index_csv,
     assert_same_training(reference, tmp_path)
 
 
-def test_sigterm_to_the_whole_process_group_spares_the_loader_workers(index_csv, tmp_path):
-    # `timeout` and shells signal the whole process group; DataLoader workers leave it, so they
-    # are not killed mid-batch (which used to crash the run before it could save).
-    proc = start_and_wait_for(index_csv, tmp_path, "logs/training_log.json", "--num_workers", "2", "--num_epochs", "50")
-    os.killpg(proc.pid, signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 85, stderr
-    assert "SIGTERM: saved" in stdout
-    time.sleep(1)
-    leftovers = [p for p in Path("/proc").glob("[0-9]*") if str(tmp_path).encode() in read_cmdline(p)]
-    assert leftovers == [], "loader workers outlived the run"
-    assert load(tmp_path / "ckpt" / "last.pt")["epoch"] >= 1
+# Runs a script with a signal sent to its whole process group from inside its first loader worker of the training
+# (`train`) or another (`val`) loader, at the moment a worker exists but has not run its init function: what a
+# terminal's Ctrl-C or `timeout` sends when it lands at an epoch's start, a validation's, or an extraction's.
+GROUP_SIGNAL_AT_WORKER_START = """
+import os, signal, sys
+import torch.utils.data._utils.worker as worker
+loader, name, script, *argv = sys.argv[1:]
+
+class SignalTheGroup(worker.WorkerInfo):
+    def __init__(self, **kwargs):  # made in each worker just before its worker_init_fn
+        super().__init__(**kwargs)
+        if kwargs["id"] == 0 and kwargs["dataset"].training == (loader == "train"):
+            os.killpg(os.getpgid(0), getattr(signal, name))
+
+worker.WorkerInfo = SignalTheGroup
+import cli
+module = __import__(script)
+args = module.get_args_parser().parse_args(argv)
+sys.exit(module.main(args) if script == "train" else cli.run_main(script + ".py", module.run, args))
+"""
+
+
+def run_with_a_group_signal_at_worker_start(loader: str, name: str, script: str, *argv) -> subprocess.CompletedProcess:
+    """The script in a session of its own, its process group signalled as GROUP_SIGNAL_AT_WORKER_START says; returns
+    once no process of it is left (its workers included)."""
+    result = subprocess.run([sys.executable, "-c", GROUP_SIGNAL_AT_WORKER_START, loader, name, script, *argv],
+                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300, start_new_session=True)
+    marker = argv[argv.index("--out" if "--out" in argv else "--save_dir") + 1].encode()
+    deadline = time.monotonic() + 120  # workers of a dead main process end within seconds (torch's watchdog)
+    while [p for p in Path("/proc").glob("[0-9]*") if marker in read_cmdline(p)]:
+        assert time.monotonic() < deadline, "loader workers outlived the run"
+        time.sleep(0.05)
+    return result
+
+
+@pytest.mark.parametrize("loader,name", [("train", "SIGTERM"), ("val", "SIGINT")])
+def test_a_group_signal_as_loader_workers_start_spares_them_and_saves(loader, name, index_csv, tmp_path):
+    """`timeout` and shells signal the whole process group (a terminal's Ctrl-C too): the workers are out of its
+    reach at any moment, epoch starts and validations included; the main process saves and exits 85 (130)."""
+    argv = command(index_csv, tmp_path, "--num_workers", "2")[2:]
+    result = run_with_a_group_signal_at_worker_start(loader, name, "train", *argv)
+    code = 130 if name == "SIGINT" else 85
+    assert result.returncode == code, result.stderr
+    assert f"{name}: saved {tmp_path / 'ckpt' / 'last.pt'} at epoch 1, step " in result.stdout
+    assert "Traceback" not in result.stderr and "killed by signal" not in result.stderr
+    last = load(tmp_path / "ckpt" / "last.pt")
+    assert last["epoch"] == 0 and last["partial_epoch"]["step"] == (1 if loader == "train" else 3)
 
 
 def read_cmdline(process: Path) -> bytes:

@@ -1,6 +1,8 @@
 """verify_data_connection.py: the full data -> model -> loss -> step path, and its exit codes."""
 import pandas as pd
+import pytest
 
+import train
 from make_synthetic_data import make_synthetic_dataset
 from verify_data_connection import get_args_parser, main
 
@@ -34,3 +36,21 @@ def test_bad_input_exits_2(tmp_path, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert last.startswith("verify_data_connection.py: error:") and "line 2" in last and "nowhere" in last
     assert main(get_args_parser().parse_args(TINY + ["--image_size", "30"])) == 2
+
+
+@pytest.mark.parametrize("flags", [("--batch_size", "0"), ("--learning_rate", "-1"), ("--learning_rate", "nan"),
+                                   ("--use_classifier", "--num_classes", "1"), ("--predict_next", "--seq_len", "1"),
+                                   ("--amp", "fp16"), ("--predict_weight", "1"), ("--warmup_epochs", "60"),
+                                   ("--clips_per_recording", "1000000000")])
+def test_checks_exactly_what_train_checks(flags, tmp_path, capsys):
+    """One function (train.prepare) for both: the same line, exit 2, before any data is made."""
+    assert run(list(flags)) == 2
+    captured = capsys.readouterr()
+    verify_line = captured.err.strip()
+    assert "no --index_csv" not in captured.out  # refused before any data is made
+    args = train.get_args_parser().parse_args(TINY + ["--save_dir", str(tmp_path / "c"), "--log_dir",
+                                                      str(tmp_path / "l"), *flags])
+    assert train.main(args) == 2
+    train_line = capsys.readouterr().err.strip()
+    assert len(verify_line.splitlines()) == 1 and "Traceback" not in verify_line
+    assert verify_line.removeprefix("verify_data_connection.py") == train_line.removeprefix("train.py")
