@@ -331,16 +331,17 @@ def measure_extraction(config: ModelConfig, device, amp_dtype, n_recordings: int
     """Frames/s of extract_latents.py's trajectory encoding (a model and its control, each frame through both):
     one recording at a time in fp32 against encode_trajectories' side-by-side batch under amp_dtype."""
     import extract_latents
+    import latent_encoding
 
     chunk_len = extract_latents.CHUNK_LEN
     models = [ConvLSTMAutoencoder(config).to(device).eval() for _ in range(2)]  # trained stand-in, control
     lengths = torch.linspace(3 * seq_len, 5 * seq_len, n_recordings).long().tolist()
     recordings = [torch.rand(n, config.in_channels, config.image_size, config.image_size) for n in lengths]
     paths = {
-        "one_at_a_time_fp32": lambda: [extract_latents.encode_trajectories(m, [r], chunk_len)[0][0]
+        "one_at_a_time_fp32": lambda: [latent_encoding.encode_trajectories(m, [r], chunk_len)[0][0]
                                        for m in models for r in recordings],
         "batched": lambda: [z for m in models for z, _ in
-                            extract_latents.encode_trajectories(m, recordings, chunk_len, amp_dtype=amp_dtype)],
+                            latent_encoding.encode_trajectories(m, recordings, chunk_len, amp_dtype=amp_dtype)],
     }
     times, latents = {name: [] for name in paths}, {}
     for round_ in range(warmup + steps):

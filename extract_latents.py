@@ -15,14 +15,18 @@ the channel means (`--pool mean`, encoder_hidden_dim values) or the means then t
 
 `--mode trajectory` writes `OUT/trajectories/`: every `--frame_step`-th frame of each whole recording, streamed
 through the encoder `--chunk_len` frames at a time with the recurrent state carried over (identical to one
-pass), `--batch_size` recordings side by side, one file per embryo as it goes, so memory stays bounded by
-`--batch_size` recordings. Both modes run under the autocast the model was trained with (the checkpoint's
---amp, on this device):
+pass), `--batch_size` sequences side by side, one file per embryo as it goes, so memory stays bounded by
+`--batch_size` recordings. The state steps as it did in training (`--state_stride auto`): a model trained on
+clips of seq_len frames spread over a recording of n frames saw frames K = n / seq_len apart, so the recording
+is encoded as K interleaved sequences (frames j, j + K, ... for each j < K), each frame once; `--state_stride 1`
+runs the state through every frame (what a model trained with `--sampling window` saw). Both modes run under the
+autocast the model was trained with (the checkpoint's --amp, on this device):
 - `<k>_<cell_id>.npz` with `z` (n, P), `frame_indices` (n,), `hours` (n,) (NaN unknown), `phase` (n,)
   ('' unknown), and with `--save_z_seq` `z_full` (n, C, h, w); unless `--no_controls`, the controls the
   analysis reports every probe against: `z_untrained` (n, P), the same frames through the run's model at its
   initial weights (same config, the training seed), and `pixels` (n, 256), the frames area-averaged to 16 x 16;
-- `metadata.csv` (file, cell_id, label, n_frames, total_frames, frame_step, index columns) and `info.json`.
+- `metadata.csv` (file, cell_id, label, n_frames, total_frames, frame_step, state_stride, index columns) and
+  `info.json`.
 Frames of a trajectory are normalised over the whole recording (training normalised each clip).
 
 Each row's `split` is that of the run that trained the checkpoint (stored in it by train.py; for older checkpoints
@@ -46,7 +50,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
@@ -57,102 +60,26 @@ from cli import CLIPS_DIR, LATENT_KEY, METADATA_CSV, PIXELS_KEY, TRAJECTORY_DIR,
 from dataset_ivf import INHERITED_FIELDS, DataConfig, IVFSequenceDataset, ShieldedLoader, add_data_args
 from frames_io import PHASES
 from index_csv import split_of
-from model import ConvLSTMAutoencoder, config_from_checkpoint, load_model
+from latent_encoding import (
+    PIXEL_SIDE,
+    POOLS,
+    autocast,
+    encode_interleaved,
+    inference_amp,
+    model_device,
+    pixel_features,
+    pool_space,
+    pooled_width,
+    state_stride,
+    untrained_model,
+)
+from model import ConvLSTMAutoencoder, load_model
 from output_folder import OutputFolder
 
 SUBFOLDERS = {"clips": CLIPS_DIR, "trajectory": TRAJECTORY_DIR}  # --mode -> the subfolder of --out it writes
-FRAME_STEP, CHUNK_LEN = 1, 64  # trajectory mode's defaults
-IDLE_FLAGS = {"clips": ("frame_step", "chunk_len", "no_controls"), "trajectory": ("seq_len", "sampling")}
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """Device of the model's parameters."""
-    return next(model.parameters()).device
-
-
-def inference_amp(checkpoint: dict, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype the run trained with (its --amp; fp32 for a checkpoint that does not say), on this
-    device; fp16 on a CPU becomes bf16 where the CPU has native bf16 (else fp32)."""
-    amp = checkpoint.get("args", {}).get("amp", "off")
-    return cli.resolve_amp_dtype("auto" if amp == "fp16" and device.type == "cpu" else amp, device)
-
-
-POOLS = ("mean", "mean_std")  # --pool: spatial summary of the (C, h, w) latent of a frame
-
-
-def pool_space(z: torch.Tensor, pool: str) -> torch.Tensor:
-    """Latents (..., C, h, w) pooled over space: (..., C) channel means, or (..., 2C) means then standard
-    deviations (population) for pool='mean_std'."""
-    means = z.mean(dim=(-2, -1))
-    if pool == "mean":
-        return means
-    return torch.cat([means, z.std(dim=(-2, -1), correction=0)], dim=-1)
-
-
-def pooled_width(config, pool: str) -> int:
-    """Values per frame after pool_space."""
-    return config.encoder_hidden_dim * (2 if pool == "mean_std" else 1)
-
-
-def autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
-
-
-@torch.inference_mode()
-def encode_trajectories(model: ConvLSTMAutoencoder, recordings: list[torch.Tensor], chunk_len: int,
-                        keep_full: bool = False, amp_dtype: torch.dtype | None = None, pool: str = "mean",
-                        ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Encode whole recordings, each (n_i, 1, H, W), side by side, at most chunk_len frames a call, each
-    carrying its own encoder state: identical to one pass per recording (the CNN's GroupNorm and the ConvLSTM
-    work clip by clip). Lockstep without padding: each call advances every unfinished recording by the same
-    number of frames, chunk_len or up to the end of the shortest one, which then leaves the batch with its
-    state. Returns per recording its latents pooled over space (pool_space: (n_i, C) or (n_i, 2C)) float32 on
-    the CPU and, with keep_full, the unpooled (n_i, C, h, w)."""
-    device, lengths = model_device(model), [r.shape[0] for r in recordings]
-    pooled, full = [[] for _ in recordings], [[] for _ in recordings]
-    active, state, start = [k for k in range(len(recordings)) if lengths[k] > 0], None, 0
-    while active:  # rows of the batch; state: each layer's (h, c) of those rows
-        step = min(chunk_len, min(lengths[k] for k in active) - start)
-        chunk = torch.stack([recordings[k][start:start + step] for k in active])  # (B, L, 1, H, W)
-        with autocast(device, amp_dtype):
-            z_seq, state = model.encode(chunk.to(device, non_blocking=True), state)  # (B, L, C, h, w)
-        z_seq = z_seq.float()
-        summary = pool_space(z_seq, pool).cpu()  # (B, L, C) or (B, L, 2C)
-        for row, k in enumerate(active):
-            pooled[k].append(summary[row])
-            if keep_full:
-                full[k].append(z_seq[row].cpu())  # (L, C, h, w)
-        start += step
-        still = [row for row, k in enumerate(active) if lengths[k] > start]
-        if len(still) < len(active):  # finished recordings leave the batch with their state
-            rows = torch.tensor(still, dtype=torch.long, device=device)
-            state = [(h[rows], c[rows]) for h, c in state]
-            active = [active[row] for row in still]
-    width = pooled_width(model.config, pool)
-    return [(torch.cat(p) if p else torch.zeros(0, width), torch.cat(f) if keep_full and f else None)
-            for p, f in zip(pooled, full, strict=True)]
-
-
-def encode_trajectory(model: ConvLSTMAutoencoder, frames: torch.Tensor, chunk_len: int, keep_full: bool = False,
-                      amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One recording (n, 1, H, W) through encode_trajectories: mean-pooled (n, C) and, with keep_full,
-    (n, C, h, w)."""
-    return encode_trajectories(model, [frames], chunk_len, keep_full, amp_dtype)[0]
-
-
-PIXEL_SIDE = 16  # raw-pixel control: frames area-averaged to 16 x 16 = 256 features (PCA'd in the analysis)
-
-
-def untrained_model(checkpoint: dict, device: torch.device) -> ConvLSTMAutoencoder:
-    """The run's model at its initial weights: same config, seeded with the training seed (the control)."""
-    config = config_from_checkpoint(checkpoint)
-    torch.manual_seed(int(DataConfig.from_checkpoint(checkpoint).seed))
-    return ConvLSTMAutoencoder(config).to(device).eval()
-
-
-def pixel_features(frames: torch.Tensor) -> np.ndarray:
-    """Raw pixels of frames (n, 1, H, W), area-averaged to PIXEL_SIDE^2 and flattened: (n, PIXEL_SIDE^2)."""
-    return F.adaptive_avg_pool2d(frames.float(), PIXEL_SIDE).flatten(1).numpy()
+FRAME_STEP, CHUNK_LEN, STATE_STRIDE = 1, 64, "auto"  # trajectory mode's defaults
+IDLE_FLAGS = {"clips": ("frame_step", "chunk_len", "state_stride", "no_controls"),
+              "trajectory": ("seq_len", "sampling")}
 
 
 def _joined(values) -> str:
@@ -301,7 +228,7 @@ def extract_trajectories(model: ConvLSTMAutoencoder, dataset: IVFSequenceDataset
         raise InputError(f"{args.index_csv}: no recording could be read (skipped {len(skipped)})")
     cli.write_bytes(folder / METADATA_CSV, pd.DataFrame(rows).to_csv(index=False).encode())
     return {"n_embryos": len(rows), "skipped": skipped, "duplicate_rows": duplicates, "frame_step": args.frame_step,
-            "chunk_len": args.chunk_len, "recordings_per_batch": args.batch_size,
+            "state_stride": args.state_stride, "chunk_len": args.chunk_len, "recordings_per_batch": args.batch_size,
             "frames_encoded": sum(row["n_frames"] for row in rows),
             "encode_s": encode_s}
 
@@ -312,9 +239,11 @@ def _encode_and_write(model, control, group: list, dataset, folder: Path, rows: 
     seconds spent encoding."""
     tick = time.perf_counter()
     recordings = [frames for _, _, frames in group]
-    latents = encode_trajectories(model, recordings, args.chunk_len, args.save_z_seq, amp_dtype, args.pool)
-    untrained = None if control is None else encode_trajectories(control, recordings, args.chunk_len,
-                                                                 amp_dtype=amp_dtype, pool=args.pool)
+    strides = [state_stride(args.state_stride, len(positions), dataset) for _, positions, _ in group]
+    latents = encode_interleaved(model, recordings, strides, args.batch_size, args.chunk_len, args.save_z_seq,
+                                 amp_dtype, args.pool)
+    untrained = None if control is None else encode_interleaved(control, recordings, strides, args.batch_size,
+                                                                args.chunk_len, amp_dtype=amp_dtype, pool=args.pool)
     seconds = time.perf_counter() - tick
     for k, (i, positions, frames) in enumerate(group):
         meta = dataset.metadata(i)
@@ -332,7 +261,7 @@ def _encode_and_write(model, control, group: list, dataset, folder: Path, rows: 
         cli.atomic_write(folder / name, lambda f, arrays=arrays: np.savez(f, **arrays))
         rows.append(_metadata_row({"file": name, "cell_id": str(meta["cell_id"]), "label": int(meta["label"]),
                                    "n_frames": len(positions), "total_frames": dataset.num_frames(i),
-                                   "frame_step": args.frame_step}, meta))
+                                   "frame_step": args.frame_step, "state_stride": strides[k]}, meta))
     return seconds
 
 
@@ -363,7 +292,7 @@ def estimate_output_bytes(dataset: IVFSequenceDataset, config, args: argparse.Na
     per_frame += 0 if args.no_controls else 4 * (width + PIXEL_SIDE ** 2)  # z_untrained, pixels
     per_frame += 4 * c * hw * hw if args.save_z_seq else 0  # z_full
     n_arrays = 5 + 2 * (not args.no_controls) + args.save_z_seq  # with the extraction id (32 characters)
-    meta += 48 * len(recordings)  # file name, n_frames, total_frames, frame_step
+    meta += 52 * len(recordings)  # file name, n_frames, total_frames, frame_step, state_stride
     info = INFO_BYTES + FILE_ENTRY + FILE_ENTRY // 2 * len(recordings)  # a trajectory's entry has no sha256
     return frames * per_frame + len(recordings) * (n_arrays * (NPY_HEADER + ZIP_ENTRY) + 4 * 32) + meta + info
 
@@ -406,6 +335,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk_len", type=int, default=None,
                         help="trajectory mode only: frames per encoder call, state carried between calls (default: "
                              f"{CHUNK_LEN})")
+    parser.add_argument("--state_stride", type=cli.auto_or_count(1), default=None,
+                        help="trajectory mode only: frames between two steps of the encoder state; with K > 1 the "
+                             "frames j, j+K, j+2K, ... of a recording are encoded as one sequence from the initial "
+                             "state, for each j < K, so every frame is encoded once by a state that stepped as in "
+                             "training; auto = the training clips' spacing, frames / seq_len (1 for --sampling "
+                             f"window); 1 = one pass through every frame (default: {STATE_STRIDE})")
     parser.add_argument("--save_z_seq", action="store_true",
                         help="also save unpooled latents (clips: z_last, z_seq; trajectory: z_full); large "
                              "(default: off)")
@@ -436,6 +371,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.mode == "trajectory":
         args.frame_step = FRAME_STEP if args.frame_step is None else args.frame_step
         args.chunk_len = CHUNK_LEN if args.chunk_len is None else args.chunk_len
+        args.state_stride = STATE_STRIDE if args.state_stride is None else args.state_stride
     cli.check_numbers(args, {"frame_step": 1, "chunk_len": 1, "batch_size": 1, "seq_len": 1})
 
 

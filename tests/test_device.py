@@ -9,7 +9,7 @@ import torch
 
 import cli
 import train
-from extract_latents import encode_trajectories
+from latent_encoding import encode_trajectories
 from losses import MS_SSIM_WEIGHTS, AutoencoderLoss, ssim_window
 from model import ConvLSTMAutoencoder, ModelConfig, training_forward
 

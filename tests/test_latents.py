@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import analyze_latents
 import extract_latents
+import latent_encoding
 import latents_folder
 from cli import InputError, run_main
 from dataset_ivf import IVFSequenceDataset
@@ -21,6 +22,7 @@ from make_synthetic_data import make_synthetic_dataset
 from model import ConvLSTMAutoencoder, ModelConfig
 
 N_EMBRYOS, N_FRAMES, SEQ_LEN = 8, 24, 4
+STRIDE = N_FRAMES // 2 // SEQ_LEN  # the latents fixture's state stride: 12 frames (--frame_step 2), clips of 4
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -79,8 +81,8 @@ def latents(checkpoint, wells, tmp_path_factory) -> Path:
 def test_chunked_trajectory_equals_one_pass(checkpoint):
     model, _ = extract_latents.load_model(str(checkpoint))
     frames = torch.rand(23, 1, 32, 32)  # (n, 1, H, W)
-    one_pass, full_one = extract_latents.encode_trajectory(model, frames, chunk_len=23, keep_full=True)
-    chunked, full_chunked = extract_latents.encode_trajectory(model, frames, chunk_len=4, keep_full=True)
+    one_pass, full_one = latent_encoding.encode_trajectory(model, frames, chunk_len=23, keep_full=True)
+    chunked, full_chunked = latent_encoding.encode_trajectory(model, frames, chunk_len=4, keep_full=True)
     assert one_pass.shape == (23, 8) and full_one.shape == (23, 8, 4, 4)
     torch.testing.assert_close(chunked, one_pass, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(full_chunked, full_one, rtol=1e-5, atol=1e-6)
@@ -130,13 +132,50 @@ def test_trajectory_files_cover_every_strided_frame(latents, checkpoint, wells):
     embryo = meta.index[meta["label"] == 1][0]
     with np.load(folder / meta["file"].iloc[embryo]) as data:
         assert data["phase"][-1] != "" and len(data["phase"]) == N_FRAMES // 2
-    # the file equals a fresh single-pass encoding of the same frames
+    # the state steps as in training: 12 frames, clips of 4 -> 3 interleaved sequences, each a fresh single pass
+    assert (meta["state_stride"] == STRIDE).all()
     model, _ = extract_latents.load_model(str(checkpoint))
     dataset = IVFSequenceDataset(wells, seq_len=SEQ_LEN, image_size=32)
     frames = torch.from_numpy(dataset.load_frames(0, np.arange(0, N_FRAMES, 2)))
-    single, _ = extract_latents.encode_trajectory(model, frames, chunk_len=len(frames))
-    np.testing.assert_allclose(z, single.numpy(), rtol=1e-5, atol=1e-6)
+    for j in range(STRIDE):
+        single, _ = latent_encoding.encode_trajectory(model, frames[j::STRIDE], chunk_len=len(frames))
+        np.testing.assert_allclose(z[j::STRIDE], single.numpy(), rtol=1e-5, atol=1e-6)
     assert phase.dtype.kind == "U"
+
+
+def test_state_stride_follows_the_training_clips(checkpoint, wells, tmp_path, capsys):
+    dataset = IVFSequenceDataset(wells, seq_len=10, image_size=32)
+    assert [latent_encoding.state_stride("auto", n, dataset) for n in (5, 14, 96, 500)] == [1, 1, 10, 50]
+    assert latent_encoding.state_stride(7, 96, dataset) == 7 and latent_encoding.state_stride(7, 3, dataset) == 3
+    dataset.sampling = "window"  # consecutive frames in training: the state steps through every frame
+    assert latent_encoding.state_stride("auto", 96, dataset) == 1
+    model, _ = extract_latents.load_model(str(checkpoint))
+    recordings = [torch.rand(n, 1, 32, 32) for n in (11, 7, 9)]  # (n, 1, H, W)
+    strided = latent_encoding.encode_interleaved(model, recordings, [3, 1, 4], 2, 2, keep_full=True)
+    for frames, stride, (pooled, full) in zip(recordings, [3, 1, 4], strided, strict=True):
+        assert pooled.shape == (len(frames), 8) and full.shape == (len(frames), 8, 4, 4)
+        for j in range(stride):
+            alone, alone_full = latent_encoding.encode_trajectory(model, frames[j::stride], 64, keep_full=True)
+            torch.testing.assert_close(pooled[j::stride], alone, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(full[j::stride], alone_full, rtol=1e-5, atol=1e-6)
+    one_pass = latent_encoding.encode_interleaved(model, recordings, [1, 1, 1], 2, 5)
+    for (pooled, _), (plain, _) in zip(one_pass, latent_encoding.encode_trajectories(model, recordings, 5),
+                                       strict=True):
+        torch.testing.assert_close(pooled, plain, rtol=1e-5, atol=1e-6)
+    _run(["--checkpoint", str(checkpoint), "--index_csv", str(wells), "--out", str(tmp_path), "--device", "cpu",
+          "--mode", "trajectory", "--state_stride", "1", "--no_controls"])
+    meta = pd.read_csv(tmp_path / "trajectories" / "metadata.csv")
+    assert (meta["state_stride"] == 1).all()
+    with np.load(tmp_path / "trajectories" / meta["file"].iloc[0]) as data:
+        frames = torch.from_numpy(IVFSequenceDataset(wells, seq_len=SEQ_LEN, image_size=32).load_frames(
+            0, np.arange(N_FRAMES)))
+        single, _ = latent_encoding.encode_trajectory(model, frames, chunk_len=N_FRAMES)
+        np.testing.assert_allclose(data["z"], single.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(SystemExit) as exc:
+        extract_latents.get_args_parser().parse_args(["--checkpoint", "c", "--index_csv", "i", "--out", "o",
+                                                      "--state_stride", "0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--state_stride: expected auto or a whole number >= 1, got '0'" in err
 
 
 def test_same_named_recordings_in_two_folders_are_both_extracted(checkpoint, wells, tmp_path):
@@ -218,14 +257,14 @@ def test_trajectories_carry_the_controls(latents, checkpoint, wells, tmp_path):
     assert not np.allclose(untrained, z) and np.isfinite(untrained).all()
     assert 0 <= pixels.min() and pixels.max() <= 1 and pixels.std() > 0
     loaded = torch.load(checkpoint, weights_only=True)
-    control = extract_latents.untrained_model(loaded, torch.device("cpu"))
+    control = latent_encoding.untrained_model(loaded, torch.device("cpu"))
     torch.manual_seed(0)  # the training seed in the checkpoint's args: train.py's initial weights
     initial = ConvLSTMAutoencoder(control.config).state_dict()
     assert all(torch.equal(initial[k], v) for k, v in control.state_dict().items())
     frames = torch.from_numpy(IVFSequenceDataset(wells, seq_len=SEQ_LEN, image_size=32).load_frames(
         0, np.arange(0, N_FRAMES, 2)))
-    np.testing.assert_allclose(untrained, extract_latents.encode_trajectory(control, frames, 5)[0].numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(untrained, latent_encoding.encode_interleaved(control, [frames], [STRIDE], 1, 5)[0][0]
+                               .numpy(), atol=1e-6)  # with the trained model's state stride
     _run(["--checkpoint", str(checkpoint), "--index_csv", str(wells), "--out", str(tmp_path), "--device", "cpu",
           "--mode", "trajectory", "--no_controls"])
     with np.load(next((tmp_path / "trajectories").glob("*.npz"))) as data:
@@ -236,7 +275,7 @@ def test_mean_std_pooling_keeps_the_spread_in_both_modes(latents, checkpoint, we
     """--pool mean_std: the channel means (as --pool mean), then each channel's standard deviation over space,
     for the latents and their untrained control alike; the analysis reads the wider latent."""
     z = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4) ** 0.5  # (N, C, h, w)
-    pooled = extract_latents.pool_space(z, "mean_std")
+    pooled = latent_encoding.pool_space(z, "mean_std")
     assert pooled.shape == (2, 6)
     torch.testing.assert_close(pooled[:, :3], z.mean(dim=(2, 3)))
     torch.testing.assert_close(pooled[:, 3:], torch.from_numpy(z.numpy().std(axis=(2, 3))))

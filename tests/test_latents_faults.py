@@ -23,6 +23,7 @@ from test_train_resume import run_with_a_group_signal_at_worker_start
 import analyze_latents as al
 import cli
 import extract_latents
+import latent_encoding
 import latents_folder
 import output_folder
 from index_csv import split_of
@@ -88,7 +89,7 @@ def test_a_stopped_extraction_leaves_the_previous_latents_as_they_were(mode, nam
 
         monkeypatch.setattr(cli, "atomic_write", hook)
     else:  # inside its first batch
-        pool = extract_latents.pool_space
+        pool = latent_encoding.pool_space
 
         def hook(z, how):
             calls.append(z)
@@ -96,7 +97,8 @@ def test_a_stopped_extraction_leaves_the_previous_latents_as_they_were(mode, nam
                 signal.raise_signal(getattr(signal, name))
             return pool(z, how)
 
-        monkeypatch.setattr(extract_latents, "pool_space", hook)
+        monkeypatch.setattr(extract_latents, "pool_space", hook)  # clips
+        monkeypatch.setattr(latent_encoding, "pool_space", hook)  # trajectories
     code, err = extract(capsys, other_checkpoint, wells, out, "--mode", mode, "--num_workers", "0", "--batch_size", "3")
     folder = out / extract_latents.SUBFOLDERS[mode]
     assert code == cli.stop_exit_code(name)
