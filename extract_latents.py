@@ -16,11 +16,13 @@ the channel means (`--pool mean`, encoder_hidden_dim values) or the means then t
 `--mode trajectory` writes `OUT/trajectories/`: every `--frame_step`-th frame of each whole recording, streamed
 through the encoder `--chunk_len` frames at a time with the recurrent state carried over (identical to one
 pass), `--batch_size` sequences side by side, one file per embryo as it goes, so memory stays bounded by
-`--batch_size` recordings. The state steps as it did in training (`--state_stride auto`): a model trained on
-clips of seq_len frames spread over a recording of n frames saw frames K = n / seq_len apart, so the recording
-is encoded as K interleaved sequences (frames j, j + K, ... for each j < K), each frame once; `--state_stride 1`
-runs the state through every frame (what a model trained with `--sampling window` saw). Both modes run under the
-autocast the model was trained with (the checkpoint's --amp, on this device):
+`--batch_size` recordings. By default the state runs through every frame (`--state_stride 1`), so consecutive
+latents come from consecutive steps of one state (what the speed curves, T-PHATE and the outliers read). A model
+trained on clips of seq_len frames spread over a recording of n frames saw frames K = n / seq_len apart;
+`--state_stride auto` encodes the recording as K interleaved sequences (frames j, j + K, ... for each j < K), each
+frame once, by a state that steps as in training (what a per-frame readout such as a `--phase_weight` head needs;
+consecutive latents then come from different sequences). Both modes run under the autocast the model was
+trained with (the checkpoint's --amp, on this device):
 - `<k>_<cell_id>.npz` with `z` (n, P), `frame_indices` (n,), `hours` (n,) (NaN unknown), `phase` (n,)
   ('' unknown), and with `--save_z_seq` `z_full` (n, C, h, w); unless `--no_controls`, the controls the
   analysis reports every probe against: `z_untrained` (n, P), the same frames through the run's model at its
@@ -77,7 +79,7 @@ from model import ConvLSTMAutoencoder, load_model
 from output_folder import OutputFolder
 
 SUBFOLDERS = {"clips": CLIPS_DIR, "trajectory": TRAJECTORY_DIR}  # --mode -> the subfolder of --out it writes
-FRAME_STEP, CHUNK_LEN, STATE_STRIDE = 1, 64, "auto"  # trajectory mode's defaults
+FRAME_STEP, CHUNK_LEN, STATE_STRIDE = 1, 64, 1  # trajectory mode's defaults
 IDLE_FLAGS = {"clips": ("frame_step", "chunk_len", "state_stride", "no_controls"),
               "trajectory": ("seq_len", "sampling")}
 
@@ -336,11 +338,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="trajectory mode only: frames per encoder call, state carried between calls (default: "
                              f"{CHUNK_LEN})")
     parser.add_argument("--state_stride", type=cli.auto_or_count(1), default=None,
-                        help="trajectory mode only: frames between two steps of the encoder state; with K > 1 the "
-                             "frames j, j+K, j+2K, ... of a recording are encoded as one sequence from the initial "
-                             "state, for each j < K, so every frame is encoded once by a state that stepped as in "
-                             "training; auto = the training clips' spacing, frames / seq_len (1 for --sampling "
-                             f"window); 1 = one pass through every frame (default: {STATE_STRIDE})")
+                        help="trajectory mode only: frames between two steps of the encoder state; 1 = one pass "
+                             "through every frame; with K > 1 the frames j, j+K, j+2K, ... of a recording are "
+                             "encoded as one sequence from the initial state, for each j < K (every frame once); "
+                             "auto = the training clips' spacing, frames / seq_len (1 for --sampling window), for "
+                             f"per-frame readouts such as a --phase_weight head (default: {STATE_STRIDE})")
     parser.add_argument("--save_z_seq", action="store_true",
                         help="also save unpooled latents (clips: z_last, z_seq; trajectory: z_full); large "
                              "(default: off)")

@@ -70,11 +70,11 @@ def _run(args: list[str]) -> dict:
 
 @pytest.fixture(scope="session")
 def latents(checkpoint, wells, tmp_path_factory) -> Path:
-    """Both extraction modes into one folder (stride 2 trajectories, small chunks)."""
+    """Both extraction modes into one folder (every 2nd frame, the state stepping as in training, small chunks)."""
     out = tmp_path_factory.mktemp("latents")
     common = ["--checkpoint", str(checkpoint), "--index_csv", str(wells), "--out", str(out), "--device", "cpu"]
     _run(common + ["--mode", "clips", "--batch_size", "3", "--num_workers", "0", "--save_z_seq"])
-    _run(common + ["--mode", "trajectory", "--frame_step", "2", "--chunk_len", "5"])
+    _run(common + ["--mode", "trajectory", "--frame_step", "2", "--chunk_len", "5", "--state_stride", "auto"])
     return out
 
 
@@ -163,7 +163,7 @@ def test_state_stride_follows_the_training_clips(checkpoint, wells, tmp_path, ca
                                        strict=True):
         torch.testing.assert_close(pooled, plain, rtol=1e-5, atol=1e-6)
     _run(["--checkpoint", str(checkpoint), "--index_csv", str(wells), "--out", str(tmp_path), "--device", "cpu",
-          "--mode", "trajectory", "--state_stride", "1", "--no_controls"])
+          "--mode", "trajectory", "--no_controls"])  # the default: one pass
     meta = pd.read_csv(tmp_path / "trajectories" / "metadata.csv")
     assert (meta["state_stride"] == 1).all()
     with np.load(tmp_path / "trajectories" / meta["file"].iloc[0]) as data:
@@ -287,7 +287,7 @@ def test_mean_std_pooling_keeps_the_spread_in_both_modes(latents, checkpoint, we
     assert spread.shape == (N_EMBRYOS, SEQ_LEN, 16)
     np.testing.assert_allclose(spread[..., :8], np.load(latents / "clips" / "z_seq_pooled.npy"), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(spread[..., 8:], full.std(axis=(3, 4)), rtol=1e-4, atol=1e-6)
-    _run(common + ["--mode", "trajectory", "--frame_step", "2", "--chunk_len", "5"])
+    _run(common + ["--mode", "trajectory", "--frame_step", "2", "--chunk_len", "5", "--state_stride", "auto"])
     meta = pd.read_csv(tmp_path / "trajectories" / "metadata.csv", keep_default_na=False)
     with (np.load(tmp_path / "trajectories" / meta["file"].iloc[0]) as wide,
           np.load(latents / "trajectories" / meta["file"].iloc[0]) as narrow):
