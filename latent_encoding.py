@@ -96,21 +96,23 @@ def encode_interleaved(model: ConvLSTMAutoencoder, recordings: list[torch.Tensor
     j, j + s, j + 2s, ... (s = strides[k], j < s) are s sub-recordings, each from the initial state, encoded `rows`
     side by side and put back in frame order. Every frame is encoded once, its latent made by a state that saw
     the frames the model's training clips would have shown it; stride 1 is one pass through the recording."""
-    parts = [(k, j) for k, (frames, s) in enumerate(zip(recordings, strides, strict=True)) for j in range(s)]
+    parts = [(k, j) for k, s in enumerate(strides) for j in range(s)]
     encoded = []
     for first in range(0, len(parts), rows):
         group = [recordings[k][j::strides[k]] for k, j in parts[first:first + rows]]  # each (n_kj, 1, H, W)
         encoded += encode_trajectories(model, group, chunk_len, keep_full, amp_dtype, pool)
-    result = []
-    for k, frames in enumerate(recordings):
-        pieces = [(j, piece) for (kk, j), piece in zip(parts, encoded, strict=True) if kk == k]
-        pooled = torch.zeros(len(frames), pooled_width(model.config, pool))
-        full = torch.zeros(len(frames), *pieces[0][1][1].shape[1:]) if keep_full and pieces else None
-        for j, (p, f) in pieces:
-            pooled[j::strides[k]] = p
-            if full is not None:
-                full[j::strides[k]] = f
-        result.append((pooled, full))
+    result = [None] * len(recordings)
+    for (k, j), (pooled, full) in zip(parts, encoded, strict=True):
+        if strides[k] == 1:  # one pass: the sequence is the recording
+            result[k] = (pooled, full)
+            continue
+        if result[k] is None:  # (n, P) and (n, C, h, w), filled in frame order
+            n = len(recordings[k])
+            result[k] = (pooled.new_zeros(n, pooled.shape[1]),
+                         None if full is None else full.new_zeros(n, *full.shape[1:]))
+        result[k][0][j::strides[k]] = pooled
+        if full is not None:
+            result[k][1][j::strides[k]] = full
     return result
 
 
